@@ -1,0 +1,52 @@
+"""The one exception tree of prestop-agent.
+
+    PrestopError                 anything the agent reports as a failure
+    ├── ConfigError              bad or missing input; nothing was sent      -> exit 2
+    ├── RegistryError            the registry operation failed               -> exit 3
+    │   ├── AuthError            credentials refused, or a token rejected twice
+    │   ├── ServerError          unreachable server, timeout, 5xx, odd reply
+    │   └── InstanceNotFound     no server holds this ip:port
+    ├── WatcherError             one poll of a watcher failed (retried, never fatal)
+    └── BudgetExhausted          the budget ran out before the drain was confirmed -> exit 4
+
+Errors of dependencies (httpx, boto3, cloud SDKs) are converted where they enter,
+with ``raise ... from exc``. The CLI maps these classes to exit codes in one table.
+"""
+
+from __future__ import annotations
+
+
+class PrestopError(Exception):
+    """Root of every error the agent raises on purpose."""
+
+
+class ConfigError(PrestopError):
+    """Input is malformed, missing or contradictory. The message names the variable and the fix."""
+
+
+class RegistryError(PrestopError):
+    """The registry could not be read or changed as required."""
+
+
+class AuthError(RegistryError):
+    """The registry refused the credentials, or rejected a fresh token."""
+
+
+class ServerError(RegistryError):
+    """A registry server was unreachable, timed out, or answered with an error."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class InstanceNotFound(RegistryError):
+    """No configured server holds this pod's ip:port."""
+
+
+class WatcherError(PrestopError):
+    """One poll of a watcher failed; the wait goes on and the watcher stays 'unknown'."""
+
+
+class BudgetExhausted(PrestopError):
+    """The budget ran out before every watcher said 'gone'."""

@@ -1,0 +1,117 @@
+"""Where a setting comes from: flag > PRESTOP_*/NACOS_* variable > Spring fallback > default.
+
+The CLI hands a ``Source`` the process environment and the flags it parsed; every
+setting is looked up here, so the precedence is written once and every value
+remembers which source won (``status`` shows it).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from prestop_agent.errors import ConfigError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Resolved(Generic[T]):
+    """A value and the name of the source that supplied it (``--flag``, ``env NAME``, ``default``)."""
+
+    value: T
+    source: str
+
+
+class Source:
+    """Flags and environment variables, read in the project's precedence order."""
+
+    def __init__(self, environ: Mapping[str, str], flags: Mapping[str, object | None] | None = None):
+        self._environ = dict(environ)
+        self._flags = dict(flags or {})
+
+    def raw(self, *names: str, flag: str | None = None) -> Resolved[str] | None:
+        """The first non-empty value among the flag, then the variables in order."""
+        if flag is not None:
+            value = self._flags.get(flag)
+            if value is not None and str(value).strip() != "":
+                return Resolved(str(value).strip(), f"--{flag}")
+        for name in names:
+            value = self._environ.get(name)
+            if value is not None and value.strip() != "":
+                return Resolved(value.strip(), f"env {name}")
+        return None
+
+    def string(self, *names: str, flag: str | None = None, default: str | None = None) -> Resolved[str] | None:
+        found = self.raw(*names, flag=flag)
+        if found is not None:
+            return found
+        return None if default is None else Resolved(default, "default")
+
+    def seconds(
+        self, *names: str, flag: str | None = None, default: float | None = None, minimum: float = 0.0
+    ) -> Resolved[float] | None:
+        found = self.raw(*names, flag=flag)
+        if found is None:
+            return None if default is None else Resolved(default, "default")
+        return Resolved(parse_seconds(_origin(found, names), found.value, minimum=minimum), found.source)
+
+    def boolean(self, *names: str, flag: str | None = None, default: bool) -> Resolved[bool]:
+        found = self.raw(*names, flag=flag)
+        if found is None:
+            return Resolved(default, "default")
+        return Resolved(parse_bool(_origin(found, names), found.value), found.source)
+
+    def items(self, *names: str, flag: str | None = None) -> Resolved[tuple[str, ...]] | None:
+        """A comma-separated list, blanks dropped."""
+        found = self.raw(*names, flag=flag)
+        if found is None:
+            return None
+        parts = tuple(p.strip() for p in found.value.split(",") if p.strip())
+        return Resolved(parts, found.source)
+
+
+def _origin(found: Resolved[str], names: tuple[str, ...]) -> str:
+    """The name to show in an error: the flag or the variable that supplied the value."""
+    return found.source.removeprefix("env ")
+
+
+def parse_seconds(name: str, value: str, *, minimum: float = 0.0) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"{name}={value!r} is not a number of seconds; set it to a number such as 30") from None
+    if not math.isfinite(number) or number < minimum:
+        raise ConfigError(f"{name}={value!r} must be a number of seconds of at least {minimum:g}; fix or unset it")
+    return number
+
+
+def parse_bool(name: str, value: str) -> bool:
+    lowered = value.lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name}={value!r} is not a boolean; set it to true or false")
+
+
+def parse_port(name: str, value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        raise ConfigError(f"{name}={value!r} is not a port number; set it to the port the app serves on, 1-65535") from None
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{name}={value!r} is out of range; set it to the port the app serves on, 1-65535")
+    return port
+
+
+def parse_ip(name: str, value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ConfigError(
+            f"{name}={value!r} is not an IP address; set it from the downward API (fieldRef: status.podIP)"
+        ) from None
