@@ -45,25 +45,23 @@ class Source:
                 return Resolved(value.strip(), f"env {name}")
         return None
 
-    def string(self, *names: str, flag: str | None = None, default: str | None = None) -> Resolved[str] | None:
-        found = self.raw(*names, flag=flag)
-        if found is not None:
-            return found
-        return None if default is None else Resolved(default, "default")
+    def string(self, *names: str, flag: str | None = None, default: str) -> Resolved[str]:
+        return self.raw(*names, flag=flag) or Resolved(default, "default")
 
-    def seconds(
-        self, *names: str, flag: str | None = None, default: float | None = None, minimum: float = 0.0
-    ) -> Resolved[float] | None:
+    def optional_seconds(self, *names: str, flag: str | None = None, minimum: float = 0.0) -> Resolved[float] | None:
         found = self.raw(*names, flag=flag)
         if found is None:
-            return None if default is None else Resolved(default, "default")
-        return Resolved(parse_seconds(_origin(found, names), found.value, minimum=minimum), found.source)
+            return None
+        return Resolved(parse_seconds(_origin(found), found.value, minimum=minimum), found.source)
+
+    def seconds(self, *names: str, flag: str | None = None, default: float, minimum: float = 0.0) -> Resolved[float]:
+        return self.optional_seconds(*names, flag=flag, minimum=minimum) or Resolved(default, "default")
 
     def boolean(self, *names: str, flag: str | None = None, default: bool) -> Resolved[bool]:
         found = self.raw(*names, flag=flag)
         if found is None:
             return Resolved(default, "default")
-        return Resolved(parse_bool(_origin(found, names), found.value), found.source)
+        return Resolved(parse_bool(_origin(found), found.value), found.source)
 
     def items(self, *names: str, flag: str | None = None) -> Resolved[tuple[str, ...]] | None:
         """A comma-separated list, blanks dropped."""
@@ -74,7 +72,7 @@ class Source:
         return Resolved(parts, found.source)
 
 
-def _origin(found: Resolved[str], names: tuple[str, ...]) -> str:
+def _origin(found: Resolved[str]) -> str:
     """The name to show in an error: the flag or the variable that supplied the value."""
     return found.source.removeprefix("env ")
 
@@ -102,7 +100,9 @@ def parse_port(name: str, value: str) -> int:
     try:
         port = int(value)
     except ValueError:
-        raise ConfigError(f"{name}={value!r} is not a port number; set it to the port the app serves on, 1-65535") from None
+        raise ConfigError(
+            f"{name}={value!r} is not a port number; set it to the port the app serves on, 1-65535"
+        ) from None
     if not 1 <= port <= 65535:
         raise ConfigError(f"{name}={value!r} is out of range; set it to the port the app serves on, 1-65535")
     return port

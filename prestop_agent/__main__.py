@@ -1,0 +1,3 @@
+from prestop_agent.cli import main
+
+main()

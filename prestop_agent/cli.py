@@ -1,0 +1,321 @@
+"""The command line: parse, build Settings once, call the agent, map the outcome to an exit code.
+
+Exit codes (the README repeats this table):
+    0  done (with --wait: the drain is confirmed by every watcher)
+    2  usage or configuration error; nothing was sent
+    3  the registry operation failed (after --wait has waited out the budget)
+    4  the budget ran out before the drain was confirmed
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+import sys
+import threading
+from collections.abc import Callable, Mapping
+from typing import Annotated
+
+import httpx
+import structlog
+import typer
+
+from prestop_agent import __version__
+from prestop_agent.agent import Deps, Report, run_deregister, run_register, run_status
+from prestop_agent.clock import SystemClock
+from prestop_agent.config import Settings, load
+from prestop_agent.errors import BudgetExhausted, ConfigError, PrestopError, RegistryError
+from prestop_agent.logs import RunClock, Secrets, configure, is_terminal, open_pid1_stdout
+from prestop_agent.source import Source
+from prestop_agent.watchers import catalog
+
+EXIT_OK = 0
+EXIT_CONFIG = 2
+EXIT_REGISTRY = 3
+EXIT_BUDGET = 4
+
+# The one table from errors to exit codes; the first matching class wins.
+EXIT_CODES: tuple[tuple[type[PrestopError], int], ...] = (
+    (ConfigError, EXIT_CONFIG),
+    (BudgetExhausted, EXIT_BUDGET),
+    (RegistryError, EXIT_REGISTRY),
+    (PrestopError, EXIT_REGISTRY),
+)
+
+# The watchdog ends the process this long after the budget if something blocks past every timeout.
+WATCHDOG_GRACE_S = 0.5
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Take this pod out of Nacos (and its load balancers), prove it, and exit within the grace budget.",
+)
+
+
+def exit_code_for(error: PrestopError | None) -> int:
+    if error is None:
+        return EXIT_OK
+    for cls, code in EXIT_CODES:
+        if isinstance(error, cls):
+            return code
+    return EXIT_REGISTRY
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"prestop-agent {__version__}")
+        raise typer.Exit(EXIT_OK)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """prestop-agent: drain a pod on evidence, never past its budget."""
+
+
+# -- shared options --------------------------------------------------------------------------------
+
+PodIp = Annotated[str | None, typer.Option("--pod-ip", help="Pod IP [env POD_IP]", show_default=False)]
+Port = Annotated[str | None, typer.Option("--port", help="Registered port [env NACOS_SERVICE_PORT, SERVER_PORT]")]
+Server = Annotated[
+    str | None, typer.Option("--server", help="Nacos addresses, comma-separated [env NACOS_SERVER_ADDR]")
+]
+Service = Annotated[str | None, typer.Option("--service", help="Service name [env NACOS_SERVICE_NAME]")]
+Namespace = Annotated[str | None, typer.Option("--namespace", help="Namespace id [env NACOS_NAMESPACE]")]
+Group = Annotated[str | None, typer.Option("--group", help="Group [env NACOS_GROUP]")]
+Cluster = Annotated[str | None, typer.Option("--cluster", help="Cluster [env NACOS_CLUSTER]")]
+Api = Annotated[str | None, typer.Option("--api", help="auto, v1, v2 or v3 [env NACOS_API]")]
+Budget = Annotated[str | None, typer.Option("--budget", help="Seconds before exit [env PRESTOP_BUDGET_SECONDS]")]
+WaitFor = Annotated[str | None, typer.Option("--wait-for", help="Watchers, comma-separated [env PRESTOP_WAIT_FOR]")]
+JsonOut = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object on stdout.")]
+
+
+def _flags(**flags: object) -> dict[str, object | None]:
+    return {name.replace("_", "-"): value for name, value in flags.items()}
+
+
+def _settings(environ: Mapping[str, str], flags: Mapping[str, object | None]) -> Settings:
+    src = Source(environ, flags)
+    wait_for = src.items("PRESTOP_WAIT_FOR", flag="wait-for")
+    names = tuple(n.lower() for n in wait_for.value) if wait_for else ()
+    origin = wait_for.source.removeprefix("env ") if wait_for else "PRESTOP_WAIT_FOR"
+    return load(src, extra_watchers=catalog.load_configs(names, src, origin))
+
+
+def _execute(
+    flags: Mapping[str, object | None],
+    command: Callable[[Settings, Deps], Report],
+    *,
+    json_out: bool,
+    watchdog_s: Callable[[Settings], float],
+    wait_out_on_crash: bool,
+) -> None:
+    try:
+        settings = _settings(os.environ, flags)
+    except ConfigError as exc:
+        typer.echo(f"prestop-agent: {exc}", err=True)
+        raise typer.Exit(EXIT_CONFIG) from None
+    secrets = Secrets()
+    if settings.password is not None:
+        secrets.add(settings.password.value)
+    run = RunClock()
+    configure(
+        stream=sys.stderr,
+        console=is_terminal(sys.stderr),
+        secrets=secrets,
+        run=run,
+        tee=open_pid1_stdout(settings.log_to_pid1.value, pid=os.getpid()),
+    )
+    _start_watchdog(watchdog_s(settings))
+    clock = SystemClock()
+    with httpx.Client(verify=_tls(settings), trust_env=False, follow_redirects=False) as http:
+        deps = Deps(clock=clock, http=http, secrets=secrets, run=run)
+        try:
+            report = command(settings, deps)
+        except Exception as exc:  # never leave the pod worse off than a sleep, even on a bug
+            structlog.get_logger(__name__).exception("agent_crashed", error=f"{type(exc).__name__}: {exc}")
+            if wait_out_on_crash and run.deadline is not None:
+                run.deadline.sleep(run.deadline.remaining())
+            report = Report("crash", "failed", error=PrestopError(f"{type(exc).__name__}: {exc}"))
+    _print(report, json_out=json_out, secrets=secrets)
+    raise typer.Exit(exit_code_for(report.error))
+
+
+def _tls(settings: Settings) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    if settings.ca_bundle is not None:
+        try:
+            context.load_verify_locations(cafile=settings.ca_bundle.value)
+        except (OSError, ssl.SSLError) as exc:
+            typer.echo(f"prestop-agent: PRESTOP_CA_BUNDLE={settings.ca_bundle.value!r} is unreadable ({exc})", err=True)
+            raise typer.Exit(EXIT_CONFIG) from None
+    return context
+
+
+def _start_watchdog(seconds: float) -> None:
+    """The last line of defence for the budget: a blocked DNS lookup has no timeout of its own."""
+
+    def fire() -> None:
+        sys.stderr.write(json.dumps({"event": "watchdog_exit", "level": "error", "after_s": round(seconds, 3)}) + "\n")
+        sys.stderr.flush()
+        os._exit(EXIT_BUDGET)
+
+    timer = threading.Timer(seconds, fire)
+    timer.daemon = True
+    timer.start()
+
+
+def _print(report: Report, *, json_out: bool, secrets: Secrets) -> None:
+    if json_out:
+        typer.echo(secrets.scrub(json.dumps(report.as_dict(), default=str, indent=None)))
+        return
+    if report.command == "status":
+        typer.echo(secrets.scrub(_status_text(report)))
+    line = f"{report.command}: {report.outcome}"
+    if report.error is not None:
+        line += f": {report.error}"
+    typer.echo(secrets.scrub(line), err=report.error is not None)
+
+
+def _status_text(report: Report) -> str:
+    data = report.data
+    lines = ["settings:"]
+    settings = data.get("settings")
+    if isinstance(settings, dict):
+        for name, entry in settings.items():
+            lines.append(f"  {name:18} {entry.get('value')!s:40} ({entry.get('source')})")
+    lines.append("servers:")
+    views = data.get("servers")
+    for view in views if isinstance(views, list) else []:
+        lines.append(f"  {view}")
+    lines.append(f"deregister would: {data.get('deregister_would')}")
+    lines.append("watchers:")
+    watchers = data.get("watchers")
+    if isinstance(watchers, dict):
+        for name, verdict in watchers.items():
+            lines.append(f"  {name}: {verdict}")
+    return "\n".join(lines)
+
+
+# -- commands --------------------------------------------------------------------------------------
+
+
+@app.command()
+def deregister(
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait for evidence that traffic has left.")] = True,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Read and report; send no write.")] = False,
+    json_out: JsonOut = False,
+    pod_ip: PodIp = None,
+    port: Port = None,
+    server: Server = None,
+    service: Service = None,
+    namespace: Namespace = None,
+    group: Group = None,
+    cluster: Cluster = None,
+    api: Api = None,
+    budget: Budget = None,
+    wait_for: WaitFor = None,
+    consumer_cache: Annotated[
+        str | None, typer.Option("--consumer-cache", help="Seconds [env PRESTOP_CONSUMER_CACHE_SECONDS]")
+    ] = None,
+) -> None:
+    """Take this pod's instance out of Nacos; with --wait, wait until the evidence says traffic has left."""
+    flags = _flags(
+        pod_ip=pod_ip,
+        port=port,
+        server=server,
+        service=service,
+        namespace=namespace,
+        group=group,
+        cluster=cluster,
+        api=api,
+        budget=budget,
+        wait_for=wait_for,
+        consumer_cache=consumer_cache,
+    )
+    _execute(
+        flags,
+        lambda settings, deps: run_deregister(settings, deps, wait=wait, dry_run=dry_run),
+        json_out=json_out,
+        watchdog_s=lambda s: s.budget.value + WATCHDOG_GRACE_S,
+        wait_out_on_crash=wait and not dry_run,
+    )
+
+
+@app.command()
+def register(
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="First wait until the app has registered.")] = False,
+    json_out: JsonOut = False,
+    pod_ip: PodIp = None,
+    port: Port = None,
+    server: Server = None,
+    service: Service = None,
+    namespace: Namespace = None,
+    group: Group = None,
+    cluster: Cluster = None,
+    api: Api = None,
+    timeout: Annotated[
+        str | None, typer.Option("--timeout", help="Seconds [env PRESTOP_REGISTER_TIMEOUT_SECONDS]")
+    ] = None,
+) -> None:
+    """Put the instance back (enabled=true); with --wait, first wait until the app has (re-)registered it."""
+    flags = _flags(
+        pod_ip=pod_ip,
+        port=port,
+        server=server,
+        service=service,
+        namespace=namespace,
+        group=group,
+        cluster=cluster,
+        api=api,
+        timeout=timeout,
+    )
+    _execute(
+        flags,
+        lambda settings, deps: run_register(settings, deps, wait=wait),
+        json_out=json_out,
+        watchdog_s=lambda s: s.register_timeout.value + WATCHDOG_GRACE_S,
+        wait_out_on_crash=False,
+    )
+
+
+@app.command()
+def status(
+    json_out: JsonOut = False,
+    pod_ip: PodIp = None,
+    port: Port = None,
+    server: Server = None,
+    service: Service = None,
+    namespace: Namespace = None,
+    group: Group = None,
+    cluster: Cluster = None,
+    api: Api = None,
+    wait_for: WaitFor = None,
+) -> None:
+    """Show the resolved identity, each server's view of the instance, and what deregister would do."""
+    flags = _flags(
+        pod_ip=pod_ip,
+        port=port,
+        server=server,
+        service=service,
+        namespace=namespace,
+        group=group,
+        cluster=cluster,
+        api=api,
+        wait_for=wait_for,
+    )
+    _execute(
+        flags,
+        run_status,
+        json_out=json_out,
+        watchdog_s=lambda s: min(s.budget.value, 3 * s.request_timeout.value) + 5.0,
+        wait_out_on_crash=False,
+    )
+
+
+def main() -> None:
+    app(prog_name="prestop-agent")

@@ -1,0 +1,209 @@
+"""The one frozen settings object, built at the edge from flags and the environment."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from prestop_agent.errors import ConfigError
+from prestop_agent.nacos.model import ServerAddress, ServiceKey, parse_server_addresses
+from prestop_agent.source import Resolved, Source, parse_ip, parse_port
+
+API_CHOICES = ("auto", "v1", "v2", "v3")
+DEFAULT_GRACE_SECONDS = 30.0
+DEFAULT_SHUTDOWN_RESERVE_SECONDS = 10.0
+DEFAULT_CONSUMER_CACHE_SECONDS = 35.0
+DEFAULT_REGISTER_TIMEOUT_SECONDS = 120.0
+DEFAULT_WAIT_FOR = ("registry",)
+
+# Kubernetes' safe-encoding alphabet for generated names (no vowels, no 0/1/3).
+_SAFE = "bcdfghjklmnpqrstvwxz2456789"
+_DEPLOYMENT_POD = re.compile(rf"^(?P<base>[a-z0-9][a-z0-9.-]*?)-[{_SAFE}]{{6,10}}-[{_SAFE}]{{5}}$")
+_STATEFUL_POD = re.compile(r"^(?P<base>[a-z0-9][a-z0-9.-]*?)-\d+$")
+_GENERATED_POD = re.compile(rf"^(?P<base>[a-z0-9][a-z0-9.-]*?)-[{_SAFE}]{{5}}$")
+
+
+@dataclass(frozen=True)
+class Settings:
+    pod_ip: Resolved[str]
+    port: Resolved[int]
+    servers: Resolved[tuple[ServerAddress, ...]]
+    namespace: Resolved[str]
+    group: Resolved[str]
+    cluster: Resolved[str]
+    service: Resolved[str]
+    service_derived: bool
+    pod_name: Resolved[str] | None
+    host_ip: Resolved[str] | None
+    username: Resolved[str] | None
+    password: Resolved[str] | None = field(repr=False)
+    api: Resolved[str]
+    budget: Resolved[float]
+    consumer_cache: Resolved[float]
+    register_timeout: Resolved[float]
+    request_timeout: Resolved[float]
+    ca_bundle: Resolved[str] | None
+    log_to_pid1: Resolved[str]
+    wait_for: Resolved[tuple[str, ...]]
+    watcher_configs: Mapping[str, object] = field(default_factory=dict)
+
+    @property
+    def key(self) -> ServiceKey:
+        return ServiceKey(self.namespace.value, self.group.value, self.service.value)
+
+    def sources(self) -> dict[str, dict[str, object]]:
+        """Each setting with its value and the source that won (secrets masked), for ``status``."""
+        shown: dict[str, Resolved[Any] | None] = {
+            "pod_ip": self.pod_ip,
+            "pod_name": self.pod_name,
+            "host_ip": self.host_ip,
+            "service_port": self.port,
+            "servers": Resolved(",".join(s.base_url for s in self.servers.value), self.servers.source),
+            "namespace": self.namespace,
+            "group": self.group,
+            "cluster": self.cluster,
+            "service": self.service,
+            "username": self.username,
+            "password": Resolved("***", self.password.source) if self.password else None,
+            "api": self.api,
+            "budget_s": self.budget,
+            "consumer_cache_s": self.consumer_cache,
+            "request_timeout_s": self.request_timeout,
+            "wait_for": Resolved(",".join(self.wait_for.value), self.wait_for.source),
+        }
+        return {
+            name: {"value": r.value if r else None, "source": r.source if r else "unset"} for name, r in shown.items()
+        }
+
+
+def derive_service(pod_name: str) -> str | None:
+    """The workload name from a generated pod name (Deployment, StatefulSet, DaemonSet/Job), or None."""
+    for pattern in (_DEPLOYMENT_POD, _STATEFUL_POD, _GENERATED_POD):
+        match = pattern.match(pod_name)
+        if match:
+            return match.group("base")
+    return None
+
+
+def load(src: Source, *, extra_watchers: Mapping[str, object] | None = None) -> Settings:
+    """Build Settings from flags and environment; ConfigError on the first bad or missing value."""
+    pod_ip_raw = src.raw("POD_IP", "PODIP", flag="pod-ip")
+    if pod_ip_raw is None:
+        raise ConfigError("POD_IP is not set; add it from the downward API (env valueFrom fieldRef: status.podIP)")
+    pod_ip = Resolved(parse_ip(_name(pod_ip_raw), pod_ip_raw.value), pod_ip_raw.source)
+
+    port_raw = src.raw("NACOS_SERVICE_PORT", "SERVER_PORT", flag="port")
+    if port_raw is None:
+        raise ConfigError("NACOS_SERVICE_PORT is not set; set it to the port the app registers in Nacos")
+    port = Resolved(parse_port(_name(port_raw), port_raw.value), port_raw.source)
+
+    servers_raw = src.raw(
+        "NACOS_SERVER_ADDR", "SPRING_CLOUD_NACOS_DISCOVERY_SERVER_ADDR", "SPRING_CLOUD_NACOS_SERVER_ADDR", flag="server"
+    )
+    if servers_raw is None:
+        raise ConfigError("NACOS_SERVER_ADDR is not set; set it to the Nacos address, e.g. nacos-headless:8848")
+    servers = Resolved(parse_server_addresses(_name(servers_raw), servers_raw.value), servers_raw.source)
+
+    pod_name = src.raw("HOSTNAME", flag="pod-name")
+    service_raw = src.raw(
+        "NACOS_SERVICE_NAME", "SPRING_CLOUD_NACOS_DISCOVERY_SERVICE", "SPRING_APPLICATION_NAME", flag="service"
+    )
+    service_derived = False
+    if service_raw is None:
+        if pod_name is None:
+            raise ConfigError("NACOS_SERVICE_NAME is not set and HOSTNAME is unknown; set NACOS_SERVICE_NAME")
+        derived = derive_service(pod_name.value)
+        if derived is None:
+            raise ConfigError(
+                f"cannot derive the service name from HOSTNAME={pod_name.value!r}; set NACOS_SERVICE_NAME"
+            )
+        service_raw = Resolved(derived, f"derived from HOSTNAME={pod_name.value}")
+        service_derived = True
+
+    api = src.string("NACOS_API", flag="api", default="auto")
+    if api.value.lower() not in API_CHOICES:
+        raise ConfigError(f"{_name(api)}={api.value!r} is not a known API; use one of {', '.join(API_CHOICES)}")
+    api = Resolved(api.value.lower(), api.source)
+
+    username = src.raw(
+        "NACOS_USERNAME", "SPRING_CLOUD_NACOS_DISCOVERY_USERNAME", "SPRING_CLOUD_NACOS_USERNAME", flag="username"
+    )
+    password = src.raw("NACOS_PASSWORD", "SPRING_CLOUD_NACOS_DISCOVERY_PASSWORD", "SPRING_CLOUD_NACOS_PASSWORD")
+    if (username is None) != (password is None):
+        missing = "NACOS_PASSWORD" if password is None else "NACOS_USERNAME"
+        raise ConfigError(f"{missing} is not set but its partner is; set both NACOS_USERNAME and NACOS_PASSWORD")
+
+    host_ip_raw = src.raw("HOST_IP", flag="host-ip")
+    host_ip = Resolved(parse_ip(_name(host_ip_raw), host_ip_raw.value), host_ip_raw.source) if host_ip_raw else None
+
+    wait_for = src.items("PRESTOP_WAIT_FOR", flag="wait-for") or Resolved(DEFAULT_WAIT_FOR, "default")
+    if not wait_for.value:
+        raise ConfigError(f"{_name(wait_for)} is empty; name at least one watcher, e.g. registry")
+    log_to_pid1 = src.string("PRESTOP_LOG_TO_PID1", default="auto")
+    if log_to_pid1.value.lower() not in ("auto", "true", "false"):
+        raise ConfigError(f"PRESTOP_LOG_TO_PID1={log_to_pid1.value!r} must be auto, true or false")
+
+    return Settings(
+        pod_ip=pod_ip,
+        port=port,
+        servers=servers,
+        namespace=(
+            src.string("NACOS_NAMESPACE", "SPRING_CLOUD_NACOS_DISCOVERY_NAMESPACE", flag="namespace", default="public")
+        ),
+        group=(src.string("NACOS_GROUP", "SPRING_CLOUD_NACOS_DISCOVERY_GROUP", flag="group", default="DEFAULT_GROUP")),
+        cluster=(
+            src.string("NACOS_CLUSTER", "SPRING_CLOUD_NACOS_DISCOVERY_CLUSTER_NAME", flag="cluster", default="DEFAULT")
+        ),
+        service=service_raw,
+        service_derived=service_derived,
+        pod_name=pod_name,
+        host_ip=host_ip,
+        username=username,
+        password=password,
+        api=api,
+        budget=_budget(src),
+        consumer_cache=(
+            src.seconds("PRESTOP_CONSUMER_CACHE_SECONDS", flag="consumer-cache", default=DEFAULT_CONSUMER_CACHE_SECONDS)
+        ),
+        register_timeout=(
+            src.seconds(
+                "PRESTOP_REGISTER_TIMEOUT_SECONDS",
+                flag="timeout",
+                default=DEFAULT_REGISTER_TIMEOUT_SECONDS,
+                minimum=0.1,
+            )
+        ),
+        request_timeout=(src.seconds("PRESTOP_REQUEST_TIMEOUT_SECONDS", default=5.0, minimum=0.1)),
+        ca_bundle=src.raw("PRESTOP_CA_BUNDLE", "NACOS_CA_BUNDLE"),
+        log_to_pid1=Resolved(log_to_pid1.value.lower(), log_to_pid1.source),
+        wait_for=Resolved(tuple(w.lower() for w in wait_for.value), wait_for.source),
+        watcher_configs=dict(extra_watchers or {}),
+    )
+
+
+def _budget(src: Source) -> Resolved[float]:
+    budget = src.optional_seconds("PRESTOP_BUDGET_SECONDS", flag="budget", minimum=0.1)
+    grace = src.optional_seconds("PRESTOP_GRACE_SECONDS", flag="grace", minimum=0.1)
+    reserve = src.optional_seconds("PRESTOP_SHUTDOWN_RESERVE_SECONDS", flag="shutdown-reserve")
+    grace_s = grace.value if grace else DEFAULT_GRACE_SECONDS
+    reserve_s = reserve.value if reserve else DEFAULT_SHUTDOWN_RESERVE_SECONDS
+    if budget is not None:
+        if grace is not None and budget.value > grace_s:
+            raise ConfigError(
+                f"{_name(budget)}={budget.value:g} is longer than {_name(grace)}={grace_s:g}; the kubelet would kill "
+                "the pod mid-wait: lower the budget or raise terminationGracePeriodSeconds"
+            )
+        return budget
+    if reserve_s >= grace_s:
+        raise ConfigError(
+            f"PRESTOP_SHUTDOWN_RESERVE_SECONDS={reserve_s:g} leaves no time within PRESTOP_GRACE_SECONDS={grace_s:g}; "
+            "raise the grace period or lower the reserve"
+        )
+    origin = "default" if grace is None and reserve is None else "grace - shutdown reserve"
+    return Resolved(grace_s - reserve_s, origin)
+
+
+def _name(found: Resolved[Any]) -> str:
+    return found.source.removeprefix("env ")

@@ -1,0 +1,118 @@
+"""Structured logs: JSON lines off a terminal, console lines on one, a copy for ``kubectl logs``, no secrets.
+
+Kubernetes shows a preStop hook's own output only inside a FailedPreStopHook event, so the
+agent can also write every line to PID 1's stdout (``/proc/1/fd/1``), which is what
+``kubectl logs`` reads. Every event carries ``elapsed_ms`` and ``remaining_ms`` of the run.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import MutableMapping
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import structlog
+
+from prestop_agent.clock import Deadline
+
+SECRET_KEYS = re.compile(r"(password|passwd|secret|token|authorization|credential)", re.IGNORECASE)
+MASK = "***"
+
+
+@dataclass
+class Secrets:
+    """Values that must never be printed; every rendered line is scrubbed of them."""
+
+    values: set[str] = field(default_factory=set)
+
+    def add(self, value: str | None) -> None:
+        if value and len(value) >= 3:
+            self.values.add(value)
+
+    def scrub(self, text: str) -> str:
+        for value in sorted(self.values, key=len, reverse=True):
+            text = text.replace(value, MASK)
+        return text
+
+
+@dataclass
+class RunClock:
+    """The deadline of the current run, once there is one (events carry its elapsed/remaining)."""
+
+    deadline: Deadline | None = None
+
+
+def _mask_keys(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key in list(event):
+        if SECRET_KEYS.search(key) and event[key] is not None:
+            event[key] = MASK
+    return event
+
+
+class _Timing:
+    def __init__(self, run: RunClock) -> None:
+        self._run = run
+
+    def __call__(self, _: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        deadline = self._run.deadline
+        if deadline is not None:
+            event.setdefault("elapsed_ms", round(deadline.elapsed() * 1000))
+            event.setdefault("remaining_ms", round(deadline.remaining() * 1000))
+        return event
+
+
+class _Render:
+    """Render once as JSON (the copy for PID 1) and as the primary stream's format; scrub both."""
+
+    def __init__(self, *, console: bool, secrets: Secrets, tee: TextIO | None) -> None:
+        self._console = structlog.dev.ConsoleRenderer(colors=False) if console else None
+        self._secrets = secrets
+        self._tee = tee
+
+    def __call__(self, logger: Any, name: str, event: MutableMapping[str, Any]) -> str:
+        line = self._secrets.scrub(json.dumps(event, default=str, sort_keys=False))
+        if self._tee is not None:
+            try:
+                self._tee.write(line + "\n")
+                self._tee.flush()
+            except OSError:
+                self._tee = None  # PID 1's stdout went away; keep logging to our own stream
+        if self._console is not None:
+            return self._secrets.scrub(self._console(logger, name, dict(event)))
+        return line
+
+
+def open_pid1_stdout(mode: str, *, pid: int, path: str = "/proc/1/fd/1") -> TextIO | None:
+    """PID 1's stdout when asked for (``true``) or when usable (``auto``); never when we are PID 1."""
+    if mode == "false" or pid == 1:
+        return None
+    try:
+        return open(path, "a", encoding="utf-8")  # kept open for the life of the process
+    except OSError:
+        if mode == "true":
+            print(f"prestop-agent: cannot write to {path}; logs go to stderr only", file=sys.stderr)
+        return None
+
+
+def configure(*, stream: TextIO, console: bool, secrets: Secrets, run: RunClock, tee: TextIO | None = None) -> None:
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _Timing(run),
+            _mask_keys,
+            _Render(console=console, secrets=secrets, tee=tee),
+        ],
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        cache_logger_on_first_use=False,
+    )
+
+
+def is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False

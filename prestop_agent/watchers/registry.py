@@ -1,0 +1,60 @@
+"""The registry watcher: no configured Nacos server serves the instance, and consumers' caches have expired.
+
+Consumers do not ask Nacos on every call: Spring Cloud LoadBalancer caches the instance list
+for 35 s by default and Ribbon refreshes every 30 s. So "gone" needs both facts: every server
+that answers has stopped serving this ip:port, and the consumer-cache allowance has passed
+since the first poll that saw it so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prestop_agent.clock import Clock, Deadline
+from prestop_agent.errors import AuthError, RegistryError, WatcherError
+from prestop_agent.nacos.model import ServiceKey
+from prestop_agent.nacos.registry import Registry
+from prestop_agent.watchers.base import Observation, Verdict
+
+NAME = "registry"
+
+
+@dataclass
+class RegistryWatcher:
+    registry: Registry
+    key: ServiceKey
+    consumer_cache_s: float
+    clock: Clock
+    name: str = NAME
+    _unserved_since: float | None = None
+
+    def poll(self, now: float, timeout: float) -> Observation:
+        deadline = Deadline.after(self.clock, timeout)
+        serving: list[str] = []
+        answered: list[str] = []
+        failed: list[str] = []
+        for server in self.registry.servers:
+            try:
+                served = self.registry.is_served(server, self.key, deadline)
+            except AuthError as exc:
+                raise WatcherError(str(exc)) from exc
+            except RegistryError as exc:
+                failed.append(f"{server}: {exc}")
+                continue
+            answered.append(str(server))
+            if served:
+                serving.append(str(server))
+        if not answered:
+            raise WatcherError("no Nacos server answered: " + "; ".join(failed))
+        details: dict[str, object] = {"answered": len(answered), "unreachable": len(failed)}
+        if serving:
+            self._unserved_since = None
+            return Observation(Verdict.PRESENT, "still_served", {**details, "serving": serving})
+        if self._unserved_since is None:
+            self._unserved_since = now
+        left = self.consumer_cache_s - (now - self._unserved_since)
+        if left > 0:
+            return Observation(
+                Verdict.PRESENT, "consumer_cache", {**details, "cache_left_s": round(left, 3), "next_poll_s": left}
+            )
+        return Observation(Verdict.GONE, "unserved", details)
