@@ -14,7 +14,7 @@ import structlog
 
 from prestop_agent.clock import Clock, Deadline
 from prestop_agent.config import Settings
-from prestop_agent.errors import BudgetExhausted, InstanceNotFound, PrestopError, RegistryError
+from prestop_agent.errors import AuthError, BudgetExhausted, InstanceNotFound, PrestopError, RegistryError
 from prestop_agent.logs import RunClock, Secrets
 from prestop_agent.nacos.registry import Located, Registry
 from prestop_agent.nacos.server import Credentials, NacosServer
@@ -35,6 +35,13 @@ class Deps:
     secrets: Secrets = field(default_factory=Secrets)
     run: RunClock = field(default_factory=RunClock)
     build_watcher: Callable[[str, object, PodTarget], Watcher] = catalog.build
+    started: float | None = None  # when the process started, on ``clock``; None: now
+
+    def deadline(self, seconds: float) -> Deadline:
+        start = self.clock.monotonic() if self.started is None else self.started
+        deadline = Deadline(self.clock, started=start, end=start + seconds)
+        self.run.deadline = deadline
+        return deadline
 
 
 @dataclass
@@ -116,8 +123,7 @@ def _instance_data(located: Located) -> dict[str, object]:
 
 
 def run_deregister(settings: Settings, deps: Deps, *, wait: bool, dry_run: bool) -> Report:
-    deadline = Deadline.after(deps.clock, settings.budget.value)
-    deps.run.deadline = deadline
+    deadline = deps.deadline(settings.budget.value)
     registry = make_registry(settings, deps)
     log.info(
         "deregister_started",
@@ -211,8 +217,7 @@ def _wait_for_evidence(run: _Run, located: Located, report: Report) -> None:
 
 
 def run_register(settings: Settings, deps: Deps, *, wait: bool) -> Report:
-    deadline = Deadline.after(deps.clock, settings.register_timeout.value)
-    deps.run.deadline = deadline
+    deadline = deps.deadline(settings.register_timeout.value)
     registry = make_registry(settings, deps)
     log.info(
         "register_started",
@@ -245,13 +250,11 @@ def _await_registration(settings: Settings, registry: Registry, deadline: Deadli
     while True:
         try:
             return _located(settings, registry, deadline)
-        except InstanceNotFound as exc:
+        except AuthError:
+            raise
+        except RegistryError as exc:  # not registered yet, or the server is still starting
             last = exc
-        except RegistryError as exc:
-            if deadline.expired():
-                raise
-            last = exc
-        if deadline.expired():
+        if deadline.remaining() <= REGISTER_POLL_S:
             raise InstanceNotFound(f"the app did not register within {settings.register_timeout.value:g}s: {last}")
         log.info("awaiting_registration", reason=str(last))
         deadline.sleep(REGISTER_POLL_S)
@@ -272,8 +275,7 @@ def _confirm_served(registry: Registry, located: Located, deadline: Deadline) ->
 
 
 def run_status(settings: Settings, deps: Deps) -> Report:
-    deadline = Deadline.after(deps.clock, min(settings.budget.value, 3 * settings.request_timeout.value))
-    deps.run.deadline = deadline
+    deadline = deps.deadline(min(settings.budget.value, 3 * settings.request_timeout.value))
     registry = make_registry(settings, deps)
     report = Report("status", "reported", data={"settings": settings.sources()})
     try:

@@ -21,7 +21,7 @@ import httpx
 import structlog
 import typer
 
-from prestop_agent import __version__
+from prestop_agent import PROCESS_STARTED, __version__
 from prestop_agent.agent import Deps, Report, run_deregister, run_register, run_status
 from prestop_agent.clock import SystemClock
 from prestop_agent.config import Settings, load
@@ -130,10 +130,10 @@ def _execute(
         run=run,
         tee=open_pid1_stdout(settings.log_to_pid1.value, pid=os.getpid()),
     )
-    _start_watchdog(watchdog_s(settings))
     clock = SystemClock()
+    _start_watchdog(watchdog_s(settings) - (clock.monotonic() - PROCESS_STARTED))
     with httpx.Client(verify=_tls(settings), trust_env=False, follow_redirects=False) as http:
-        deps = Deps(clock=clock, http=http, secrets=secrets, run=run)
+        deps = Deps(clock=clock, http=http, secrets=secrets, run=run, started=PROCESS_STARTED)
         try:
             report = command(settings, deps)
         except Exception as exc:  # never leave the pod worse off than a sleep, even on a bug
@@ -164,7 +164,7 @@ def _start_watchdog(seconds: float) -> None:
         sys.stderr.flush()
         os._exit(EXIT_BUDGET)
 
-    timer = threading.Timer(seconds, fire)
+    timer = threading.Timer(max(0.0, seconds), fire)
     timer.daemon = True
     timer.start()
 

@@ -81,6 +81,8 @@ def _instances(payload: Any, default_cluster: str) -> list[Instance]:
 
 def _written(server: NacosServer, what: str, reply: Reply) -> None:
     payload = _check(server, what, reply)
+    if payload is None:
+        payload = reply.text.strip()  # v1 answers a bare "ok"
     if payload != "ok":
         raise ServerError(f"{server}: {what} did not answer ok: {reply.brief()}")
 
