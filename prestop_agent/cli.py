@@ -28,7 +28,6 @@ from prestop_agent.config import Settings, load
 from prestop_agent.errors import BudgetExhausted, ConfigError, PrestopError, RegistryError
 from prestop_agent.logs import RunClock, Secrets, configure, is_terminal, open_pid1_stdout
 from prestop_agent.source import Source
-from prestop_agent.watchers import catalog
 
 EXIT_OK = 0
 EXIT_CONFIG = 2
@@ -99,11 +98,7 @@ def _flags(**flags: object) -> dict[str, object | None]:
 
 
 def _settings(environ: Mapping[str, str], flags: Mapping[str, object | None]) -> Settings:
-    src = Source(environ, flags)
-    wait_for = src.items("PRESTOP_WAIT_FOR", flag="wait-for")
-    names = tuple(n.lower() for n in wait_for.value) if wait_for else ()
-    origin = wait_for.source.removeprefix("env ") if wait_for else "PRESTOP_WAIT_FOR"
-    return load(src, extra_watchers=catalog.load_configs(names, src, origin))
+    return load(Source(environ, flags))
 
 
 def _execute(
@@ -131,9 +126,28 @@ def _execute(
         tee=open_pid1_stdout(settings.log_to_pid1.value, pid=os.getpid()),
     )
     clock = SystemClock()
-    _start_watchdog(watchdog_s(settings) - (clock.monotonic() - PROCESS_STARTED))
+    started = _process_started if _process_started is not None else clock.monotonic()
+    watchdog = _start_watchdog(watchdog_s(settings) - (clock.monotonic() - started))
+    try:
+        report = _run_command(settings, command, clock, secrets, run, started, wait_out_on_crash=wait_out_on_crash)
+        _print(report, json_out=json_out, secrets=secrets)
+    finally:
+        watchdog.cancel()
+    raise typer.Exit(exit_code_for(report.error))
+
+
+def _run_command(
+    settings: Settings,
+    command: Callable[[Settings, Deps], Report],
+    clock: SystemClock,
+    secrets: Secrets,
+    run: RunClock,
+    started: float,
+    *,
+    wait_out_on_crash: bool,
+) -> Report:
     with httpx.Client(verify=_tls(settings), trust_env=False, follow_redirects=False) as http:
-        deps = Deps(clock=clock, http=http, secrets=secrets, run=run, started=PROCESS_STARTED)
+        deps = Deps(clock=clock, http=http, secrets=secrets, run=run, started=started)
         try:
             report = command(settings, deps)
         except Exception as exc:  # never leave the pod worse off than a sleep, even on a bug
@@ -141,8 +155,7 @@ def _execute(
             if wait_out_on_crash and run.deadline is not None:
                 run.deadline.sleep(run.deadline.remaining())
             report = Report("crash", "failed", error=PrestopError(f"{type(exc).__name__}: {exc}"))
-    _print(report, json_out=json_out, secrets=secrets)
-    raise typer.Exit(exit_code_for(report.error))
+    return report
 
 
 def _tls(settings: Settings) -> ssl.SSLContext:
@@ -156,7 +169,7 @@ def _tls(settings: Settings) -> ssl.SSLContext:
     return context
 
 
-def _start_watchdog(seconds: float) -> None:
+def _start_watchdog(seconds: float) -> threading.Timer:
     """The last line of defence for the budget: a blocked DNS lookup has no timeout of its own."""
 
     def fire() -> None:
@@ -167,6 +180,7 @@ def _start_watchdog(seconds: float) -> None:
     timer = threading.Timer(max(0.0, seconds), fire)
     timer.daemon = True
     timer.start()
+    return timer
 
 
 def _print(report: Report, *, json_out: bool, secrets: Secrets) -> None:
@@ -317,5 +331,11 @@ def status(
     )
 
 
+# Set by ``main`` (the installed command and ``python -m``): the budget then counts from process start.
+_process_started: float | None = None
+
+
 def main() -> None:
+    global _process_started  # noqa: PLW0603 - one value, set once at the process entry point
+    _process_started = PROCESS_STARTED
     app(prog_name="prestop-agent")

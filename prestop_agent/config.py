@@ -10,13 +10,16 @@ from typing import Any
 from prestop_agent.errors import ConfigError
 from prestop_agent.nacos.model import ServerAddress, ServiceKey, parse_server_addresses
 from prestop_agent.source import Resolved, Source, parse_ip, parse_port
+from prestop_agent.watchers import catalog
 
 API_CHOICES = ("auto", "v1", "v2", "v3")
 DEFAULT_GRACE_SECONDS = 30.0
 DEFAULT_SHUTDOWN_RESERVE_SECONDS = 10.0
 DEFAULT_CONSUMER_CACHE_SECONDS = 35.0
 DEFAULT_REGISTER_TIMEOUT_SECONDS = 120.0
-DEFAULT_WAIT_FOR = ("registry",)
+# Registry proof plus direct evidence of traffic: with the traffic watcher on, the consumer-cache
+# allowance is not needed as a proxy (it defaults to 0); without it, 35 s covers the caches.
+DEFAULT_WAIT_FOR = ("registry", "traffic")
 
 # Kubernetes' safe-encoding alphabet for generated names (no vowels, no 0/1/3).
 _SAFE = "bcdfghjklmnpqrstvwxz2456789"
@@ -87,7 +90,7 @@ def derive_service(pod_name: str) -> str | None:
     return None
 
 
-def load(src: Source, *, extra_watchers: Mapping[str, object] | None = None) -> Settings:
+def load(src: Source) -> Settings:
     """Build Settings from flags and environment; ConfigError on the first bad or missing value."""
     pod_ip_raw = src.raw("POD_IP", "PODIP", flag="pod-ip")
     if pod_ip_raw is None:
@@ -141,6 +144,8 @@ def load(src: Source, *, extra_watchers: Mapping[str, object] | None = None) -> 
     wait_for = src.items("PRESTOP_WAIT_FOR", flag="wait-for") or Resolved(DEFAULT_WAIT_FOR, "default")
     if not wait_for.value:
         raise ConfigError(f"{_name(wait_for)} is empty; name at least one watcher, e.g. registry")
+    wait_names = tuple(dict.fromkeys(w.lower() for w in wait_for.value))
+    watcher_configs = catalog.load_configs(wait_names, src, _name(wait_for))
     log_to_pid1 = src.string("PRESTOP_LOG_TO_PID1", default="auto")
     if log_to_pid1.value.lower() not in ("auto", "true", "false"):
         raise ConfigError(f"PRESTOP_LOG_TO_PID1={log_to_pid1.value!r} must be auto, true or false")
@@ -164,8 +169,10 @@ def load(src: Source, *, extra_watchers: Mapping[str, object] | None = None) -> 
         password=password,
         api=api,
         budget=_budget(src),
-        consumer_cache=(
-            src.seconds("PRESTOP_CONSUMER_CACHE_SECONDS", flag="consumer-cache", default=DEFAULT_CONSUMER_CACHE_SECONDS)
+        consumer_cache=src.seconds(
+            "PRESTOP_CONSUMER_CACHE_SECONDS",
+            flag="consumer-cache",
+            default=0.0 if "traffic" in wait_names else DEFAULT_CONSUMER_CACHE_SECONDS,
         ),
         register_timeout=(
             src.seconds(
@@ -178,8 +185,8 @@ def load(src: Source, *, extra_watchers: Mapping[str, object] | None = None) -> 
         request_timeout=(src.seconds("PRESTOP_REQUEST_TIMEOUT_SECONDS", default=5.0, minimum=0.1)),
         ca_bundle=src.raw("PRESTOP_CA_BUNDLE", "NACOS_CA_BUNDLE"),
         log_to_pid1=Resolved(log_to_pid1.value.lower(), log_to_pid1.source),
-        wait_for=Resolved(tuple(w.lower() for w in wait_for.value), wait_for.source),
-        watcher_configs=dict(extra_watchers or {}),
+        wait_for=Resolved(wait_names, wait_for.source),
+        watcher_configs=watcher_configs,
     )
 
 

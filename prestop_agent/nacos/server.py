@@ -203,7 +203,7 @@ class NacosServer:
             ttl_seconds = 18000.0
         # Renew well before the server's expiry so a long wait never sends a stale token.
         self._token_expires = deadline.clock.monotonic() + max(1.0, ttl_seconds * 0.8)
-        log.info("nacos_login", server=str(self), username=self._credentials.username, token_ttl_s=ttl_seconds)
+        log.info("nacos_login", server=str(self), username=self._credentials.username, ttl_s=ttl_seconds)
         return token
 
 

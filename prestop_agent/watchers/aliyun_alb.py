@@ -83,10 +83,10 @@ class AliyunAlbConfig:
 
 def _require_sdk() -> None:
     try:
-        import alibabacloud_alb20200616.client  # type: ignore[import-untyped]  # noqa: F401
-        import alibabacloud_credentials.client  # type: ignore[import-untyped]  # noqa: F401
-        import alibabacloud_tea_openapi.utils_models  # type: ignore[import-untyped]  # noqa: F401
-        import darabonba.runtime  # type: ignore[import-untyped]  # noqa: F401
+        import alibabacloud_alb20200616.client  # noqa: F401
+        import alibabacloud_credentials.client  # noqa: F401
+        import alibabacloud_tea_openapi.utils_models  # noqa: F401
+        import darabonba.runtime  # noqa: F401
     except ImportError:
         raise ConfigError(MISSING_SDK) from None
 
@@ -255,12 +255,12 @@ class AliyunAlbWatcher:
 
 def _convert(exc: Exception, group: str) -> WatcherError:  # noqa: PLR0911 - one return per cause
     """One line that says what went wrong with which group, and what to do about it."""
-    from alibabacloud_credentials.exceptions import CredentialException  # type: ignore[import-untyped]
-    from alibabacloud_tea_openapi.exceptions import (  # type: ignore[import-untyped]
+    from alibabacloud_credentials.exceptions import CredentialException
+    from alibabacloud_tea_openapi.exceptions import (
         AlibabaCloudException,
         ThrottlingException,
     )
-    from darabonba.exceptions import UnretryableException  # type: ignore[import-untyped]
+    from darabonba.exceptions import UnretryableException
 
     where = f"aliyun-alb: ListServerGroupServers on {group}"
     cause: BaseException = exc

@@ -98,8 +98,8 @@ def parse_target_group_arn(name: str, value: str) -> TargetGroupRef:
 
 def _require_sdk() -> None:
     try:
-        import boto3  # type: ignore[import-untyped]  # noqa: F401
-        import botocore.config  # type: ignore[import-untyped]  # noqa: F401
+        import boto3  # noqa: F401
+        import botocore.config  # noqa: F401
     except ImportError:
         raise ConfigError(MISSING_SDK) from None
 

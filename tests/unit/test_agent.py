@@ -22,6 +22,7 @@ ENV = {
     "HOSTNAME": "orders-6d9f7c8b5d-x7k2p",
     "PRESTOP_BUDGET_SECONDS": "20",
     "PRESTOP_CONSUMER_CACHE_SECONDS": "5",
+    "PRESTOP_WAIT_FOR": "registry",
 }
 
 
@@ -283,8 +284,13 @@ def test_budget_exhausted_when_a_watcher_never_says_gone(deps: Deps, clock: Fake
     nacos = FakeNacos()
     nacos.add("orders", FakeInstance("10.0.0.7", 8080))
     settings = load(Source({**ENV, "PRESTOP_WAIT_FOR": "registry"}))
-    settings = Settings(**{**settings.__dict__, "wait_for": settings.wait_for.__class__(("registry", "traffic"), "x"),
-                           "watcher_configs": {"traffic": object()}})
+    settings = Settings(
+        **{
+            **settings.__dict__,
+            "wait_for": settings.wait_for.__class__(("registry", "traffic"), "x"),
+            "watcher_configs": {"traffic": object()},
+        }
+    )
     busy_deps = Deps(clock=clock, http=deps.http, build_watcher=build)
     with serve(nacos):
         report = run_deregister(settings, busy_deps, wait=True, dry_run=False)

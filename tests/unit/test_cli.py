@@ -27,6 +27,7 @@ ENV = {
     "NACOS_SERVER_ADDR": "nacos-a:8848",
     "NACOS_SERVICE_NAME": "orders",
     "PRESTOP_CONSUMER_CACHE_SECONDS": "0",
+    "PRESTOP_WAIT_FOR": "registry",
     "PRESTOP_LOG_TO_PID1": "false",
 }
 

@@ -125,3 +125,14 @@ def test_several_servers_keep_their_order() -> None:
     parsed = parse_server_addresses("X", "a:1, b:2,,c")
     assert [p.host for p in parsed] == ["a", "b", "c"]
     assert parsed[1].base_url == "http://b:2/nacos"
+
+
+def test_default_policy_waits_on_traffic_instead_of_the_cache_allowance() -> None:
+    s = settings(BASE)
+    assert s.wait_for.value == ("registry", "traffic")
+    assert (s.consumer_cache.value, s.consumer_cache.source) == (0.0, "default")
+    registry_only = settings({**BASE, "PRESTOP_WAIT_FOR": "Registry"})
+    assert registry_only.wait_for.value == ("registry",)
+    assert registry_only.consumer_cache.value == 35.0
+    explicit = settings({**BASE, "PRESTOP_CONSUMER_CACHE_SECONDS": "12"})
+    assert explicit.consumer_cache.value == 12.0
