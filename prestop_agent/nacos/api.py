@@ -29,7 +29,7 @@ class NacosApi(Protocol):
     @property
     def name(self) -> str: ...
 
-    def list_all(self, server: NacosServer, key: ServiceKey, deadline: Deadline) -> list[Instance]: ...
+    def list_all(self, server: NacosServer, key: ServiceKey, cluster: str, deadline: Deadline) -> list[Instance]: ...
 
     def list_served(self, server: NacosServer, key: ServiceKey, deadline: Deadline) -> list[Instance]: ...
 
@@ -43,15 +43,25 @@ class NacosApi(Protocol):
 # -- reply handling shared by every backend -------------------------------------------------------
 
 
+def _route_missing(reply: Reply) -> bool:
+    """The path itself is not served (Spring's 404 JSON with a ``path``, or 405/410/501)."""
+    if reply.status in (405, 410, 501):
+        return True
+    payload = reply.json()
+    return reply.status == 404 and isinstance(payload, dict) and "path" in payload and "code" not in payload
+
+
 def _service_missing(reply: Reply) -> bool:
-    """Nacos's own 'no such service' answer (not a missing API path)."""
+    """Nacos's own "no such service/cluster" answer: an empty list, not an error."""
+    if reply.status not in (400, 404, 500) or _route_missing(reply):
+        return False
     text = reply.text.lower()
-    return reply.status in (400, 404, 500) and "service" in text and ("not found" in text or "not exist" in text)
+    return ("service" in text or "cluster" in text) and ("not found" in text or "not exist" in text)
 
 
 def _check(server: NacosServer, what: str, reply: Reply) -> Any:
     """The payload of a successful reply; ApiGone or ServerError otherwise."""
-    if reply.status in (404, 405, 410, 501):
+    if _route_missing(reply):
         raise ApiGone(
             f"{server}: {what} is not available on this server ({reply.status}: {reply.brief()})", status=reply.status
         )
@@ -124,10 +134,11 @@ class V1Api:
     served_path = "/v1/ns/instance/list"
     update_path = "/v1/ns/instance"
 
-    def list_all(self, server: NacosServer, key: ServiceKey, deadline: Deadline) -> list[Instance]:
+    def list_all(self, server: NacosServer, key: ServiceKey, cluster: str, deadline: Deadline) -> list[Instance]:
+        # 2.0.x requires clusterName here and answers 404 "cluster X is not found!" for an empty one.
         found: list[Instance] = []
         for page in range(1, MAX_PAGES + 1):
-            params: Params = {**_list_params(key), "clusterName": "", "pageNo": page, "pageSize": PAGE_SIZE}
+            params: Params = {**_list_params(key), "clusterName": cluster, "pageNo": page, "pageSize": PAGE_SIZE}
             reply = server.call("GET", "/v1/ns/catalog/instances", deadline, params=params)
             if _service_missing(reply):
                 return found
@@ -179,7 +190,7 @@ class V3Api:
 
     name = "v3"
 
-    def list_all(self, server: NacosServer, key: ServiceKey, deadline: Deadline) -> list[Instance]:
+    def list_all(self, server: NacosServer, key: ServiceKey, cluster: str, deadline: Deadline) -> list[Instance]:
         params: Params = {**_list_params(key), "healthyOnly": "false"}
         reply = server.call("GET", "/v3/admin/ns/instance/list", deadline, params=params)
         if _service_missing(reply):

@@ -71,7 +71,7 @@ class Registry:
             chosen = APIS[self.api_choice]
         else:
             try:
-                APIS["v3"].list_all(server, key, deadline)
+                APIS["v3"].list_all(server, key, self.cluster, deadline)
                 chosen = APIS["v3"]
             except ApiGone:
                 chosen = APIS["v1"]
@@ -92,12 +92,12 @@ class Registry:
 
     def find(self, server: NacosServer, key: ServiceKey, deadline: Deadline) -> Instance | None:
         try:
-            instances = self.api(server, key, deadline).list_all(server, key, deadline)
+            instances = self.api(server, key, deadline).list_all(server, key, self.cluster, deadline)
         except ApiGone as exc:
             api = self._switch_on_gone(server, exc)
             if api is None:
                 raise
-            instances = api.list_all(server, key, deadline)
+            instances = api.list_all(server, key, self.cluster, deadline)
         return self._pick(instances)
 
     def _pick(self, instances: Sequence[Instance]) -> Instance | None:
@@ -159,7 +159,7 @@ class Registry:
             if name == key.service or deadline.expired():
                 continue
             other = replace(key, service=name)
-            instance = self._pick(api.list_all(server, other, deadline))
+            instance = self._pick(api.list_all(server, other, self.cluster, deadline))
             if instance is not None:
                 found.append(Located(other, instance, str(server), searched=True))
         return found

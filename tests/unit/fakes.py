@@ -119,15 +119,15 @@ class FakeNacos:
     def _all(self, params: dict[str, str]) -> list[FakeInstance] | None:
         return self.services.get(self._key(params))
 
-    def _missing(self) -> httpx.Response:
+    def _missing(self, params: dict[str, str]) -> httpx.Response:
         if self.major == 2:
-            return httpx.Response(400, text="caused: service not found: x;")
+            return httpx.Response(404, text=f"service {self._key(params)} is not found!")
         return httpx.Response(404, json={"code": 20004, "message": "resource not found", "data": "service not found"})
 
     def _catalog(self, params: dict[str, str]) -> httpx.Response:
         found = self._all(params)
         if found is None:
-            return self._missing()
+            return self._missing(params)
         return httpx.Response(200, json={"list": [i.json(self._key(params)) for i in found], "count": len(found)})
 
     def _served(self, params: dict[str, str]) -> list[dict[str, Any]] | None:
@@ -137,7 +137,7 @@ class FakeNacos:
     def _served_v1(self, params: dict[str, str]) -> httpx.Response:
         hosts = self._served(params)
         if hosts is None:
-            return self._missing()
+            return self._missing(params)
         return httpx.Response(200, json={"name": self._key(params), "hosts": hosts, "cacheMillis": 10000})
 
     def _put(self, params: dict[str, str]) -> None:
@@ -164,12 +164,12 @@ class FakeNacos:
     def _admin_list_v3(self, params: dict[str, str]) -> httpx.Response:
         found = self._all(params)
         if found is None:
-            return self._missing()
+            return self._missing(params)
         return self._envelope([i.json(self._key(params)) for i in found])
 
     def _served_v3(self, params: dict[str, str]) -> httpx.Response:
         hosts = self._served(params)
-        return self._missing() if hosts is None else self._envelope(hosts)
+        return self._missing(params) if hosts is None else self._envelope(hosts)
 
     def _put_v3(self, params: dict[str, str]) -> httpx.Response:
         self._put(params)

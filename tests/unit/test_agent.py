@@ -198,7 +198,8 @@ def test_auto_gets_past_410_when_v1_was_forced_to_v3(deps: Deps) -> None:
     inst = nacos.add("orders", FakeInstance("10.0.0.7", 8080))
     router = respx.mock(assert_all_called=False)
     router.get(host="nacos-a", path="/nacos/v3/admin/ns/instance/list").mock(
-        side_effect=[httpx.Response(404, text="Not Found")] + [nacos] * 20  # type: ignore[list-item]
+        side_effect=[httpx.Response(404, json={"status": 404, "error": "Not Found", "path": "/nacos/v3/x"})]
+        + [nacos] * 20  # type: ignore[list-item]
     )
     router.get(host="nacos-a", path="/nacos/v1/ns/catalog/instances").mock(
         return_value=httpx.Response(200, json={"count": 1, "list": [{"ip": "10.0.0.7", "port": 8080}]})
