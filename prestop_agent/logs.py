@@ -68,7 +68,11 @@ class _Render:
     """Render once as JSON (the copy for PID 1) and as the primary stream's format; scrub both."""
 
     def __init__(self, *, console: bool, secrets: Secrets, tee: TextIO | None) -> None:
-        self._console = structlog.dev.ConsoleRenderer(colors=False) if console else None
+        self._console = (
+            structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback)
+            if console
+            else None
+        )
         self._secrets = secrets
         self._tee = tee
 
@@ -104,6 +108,7 @@ def configure(*, stream: TextIO, console: bool, secrets: Secrets, run: RunClock,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             _Timing(run),
             _mask_keys,
+            structlog.processors.format_exc_info,
             _Render(console=console, secrets=secrets, tee=tee),
         ],
         logger_factory=structlog.PrintLoggerFactory(file=stream),
