@@ -28,6 +28,9 @@ Rules (W = preStop wait, R = shutdown reserve, G = terminationGracePeriodSeconds
 * ``lb-drain``: behind a load balancer, W covers the LB propagation plus the
   deregistration delay (connection draining).
 
+A workload is behind a load balancer when an ALB Ingress routes to a Service selecting its
+pods (manifests in the same directory), when its agent is configured for the ``aws-alb`` or
+``aliyun-alb`` watcher, or when ``prestop-agent.io/lb-*`` annotations say so.
 Values the manifests do not state come from the agent's own defaults, the load
 balancer's documented defaults, or ``prestop-agent.io/*`` annotations (``ANNOTATIONS``)
 on the pod template, the workload, or a Service or Ingress that routes to it.
@@ -88,7 +91,9 @@ AWS_DEFAULT_IDLE_TIMEOUT = 60.0
 DEFAULT_LB_PROPAGATION_SECONDS = 10.0
 DEFAULT_REGISTRY_PROPAGATION_SECONDS = 5.0
 
-KEEPALIVE_ENV = "SERVER_TOMCAT_KEEP_ALIVE_TIMEOUT"  # Spring Boot's server.tomcat.keep-alive-timeout
+# Spring Boot's server.tomcat.keep-alive-timeout, in the environment (both spellings bind).
+KEEPALIVE_ENV = "SERVER_TOMCAT_KEEP_ALIVE_TIMEOUT"
+KEEPALIVE_ENVS = (KEEPALIVE_ENV, "SERVER_TOMCAT_KEEPALIVETIMEOUT")
 _SLEEP_IN_SHELL = re.compile(r"(?:^|[\s;&|(])(?:\S*/)?sleep\s+(\d+(?:\.\d+)?)([smhd]?)(?=$|[\s;&|)])")
 _AGENT_IN_SHELL = re.compile(r"(?:^|[\s;&|(])(?:\S*/)?prestop-agent\s+(deregister|serve)\b([^;&|\n]*)")
 SHELLS = ("sh", "bash", "ash", "dash")
@@ -484,33 +489,41 @@ class _Inputs:
 def run_check(paths: Sequence[Path]) -> CheckReport:
     """Check every Deployment/StatefulSet/DaemonSet in ``paths`` (files or directories).
 
+    Services, Ingresses, IngressClasses and ConfigMaps are matched to the workloads of files in
+    the same directory: one directory holds one application's manifests (as in k8s-examples/).
     Raises ConfigError for unreadable or invalid input, or when no workload is found.
     """
     files = _files(paths)
     if not files:
         raise ConfigError("no manifest files given; pass YAML files or directories holding them")
-    inputs = _Inputs()
+    groups: dict[Path, _Inputs] = {}
     for path in files:
+        inputs = groups.setdefault(path.parent, _Inputs())
         for doc in _load(path):
-            if doc.kind in WORKLOAD_KINDS:
-                inputs.workloads.append(doc)
-            elif doc.kind == "Service":
-                inputs.services.append(doc)
-            elif doc.kind == "Ingress":
-                inputs.ingresses.append(doc)
-            elif doc.kind == "ConfigMap":
-                inputs.configmaps[doc.name] = doc
-            elif doc.kind == "IngressClass":
-                controller = str(_mapping(doc.obj.get("spec")).get("controller", ""))
-                if controller in CONTROLLERS:
-                    inputs.ingress_classes[doc.name] = CONTROLLERS[controller]
-    if not inputs.workloads:
+            _sort_in(inputs, doc)
+    if not any(inputs.workloads for inputs in groups.values()):
         shown = ", ".join(str(p) for p in paths)
         raise ConfigError(f"no Deployment, StatefulSet or DaemonSet found in {shown}; nothing to check")
     report = CheckReport()
-    for workload in inputs.workloads:
-        report.containers.extend(_check_workload(workload, inputs, report))
+    for inputs in groups.values():
+        for workload in inputs.workloads:
+            report.containers.extend(_check_workload(workload, inputs, report))
     return report
+
+
+def _sort_in(inputs: _Inputs, doc: _Doc) -> None:
+    if doc.kind in WORKLOAD_KINDS:
+        inputs.workloads.append(doc)
+    elif doc.kind == "Service":
+        inputs.services.append(doc)
+    elif doc.kind == "Ingress":
+        inputs.ingresses.append(doc)
+    elif doc.kind == "ConfigMap":
+        inputs.configmaps[doc.name] = doc
+    elif doc.kind == "IngressClass":
+        controller = str(_mapping(doc.obj.get("spec")).get("controller", ""))
+        if controller in CONTROLLERS:
+            inputs.ingress_classes[doc.name] = CONTROLLERS[controller]
 
 
 def _check_workload(workload: _Doc, inputs: _Inputs, report: CheckReport) -> list[ContainerCheck]:
@@ -553,7 +566,8 @@ def _check_workload(workload: _Doc, inputs: _Inputs, report: CheckReport) -> lis
         env_source = hook.settings_from if hook.settings_from is not None else item
         env = _container_env(env_source, workload.namespace, inputs.configmaps)
         app_env = _container_env(item, workload.namespace, inputs.configmaps)
-        _evaluate(check, hook, grace=grace, env=env, app_env=app_env, lb=lb, sources=annotation_sources)
+        container_lb = _lb_from_env(lb, env, hook, annotation_sources) if hook.kind == "agent" else lb
+        _evaluate(check, hook, grace=grace, env=env, app_env=app_env, lb=container_lb, sources=annotation_sources)
         checks.append(check)
     return checks
 
@@ -593,6 +607,25 @@ def _load_balancer(
         if declared is not None and str(declared[1]).lower() in ("aws", "aliyun"):
             found.vendor = str(declared[1]).lower()
     return found
+
+
+def _lb_from_env(
+    lb: _LoadBalancer | None, env: _Env, hook: _Hook, annotation_sources: list[tuple[str, Mapping[str, Any]]]
+) -> _LoadBalancer | None:
+    """An agent configured for an ALB watcher is behind that ALB, even when no Ingress is in the files."""
+    watchers = hook.flags.get("wait-for") or env.values.get("PRESTOP_WAIT_FOR") or ""
+    names = {w.strip().lower() for w in watchers.split(",")}
+    for vendor, variable, watcher in (
+        ("aws", "PRESTOP_AWS_TARGET_GROUP_ARNS", "aws-alb"),
+        ("aliyun", "PRESTOP_ALIYUN_SERVER_GROUP_IDS", "aliyun-alb"),
+    ):
+        if env.values.get(variable, "").strip() or watcher in names:
+            if lb is None:
+                via = f"env {variable}" if env.values.get(variable, "").strip() else f"watcher {watcher}"
+                return _LoadBalancer(vendor, [via], list(annotation_sources))
+            if lb.vendor is None:
+                return _LoadBalancer(vendor, lb.via, lb.annotations)
+    return lb
 
 
 def _first(sources: Iterable[tuple[str, Mapping[str, Any]]], key: str) -> tuple[str, Any] | None:
@@ -693,21 +726,25 @@ def _keepalive(check: ContainerCheck, app_env: _Env, sources: list[tuple[str, Ma
     stated = _annotation_value(check, sources, A_KEEPALIVE)
     if stated is not None:
         return stated
-    text, why = app_env.get(KEEPALIVE_ENV)
-    if why is not None:
-        check.notes.append(f"{why}; app keep-alive unknown")
-        return None
-    if text is None:
-        return None
-    text = text.strip()
+    for name in KEEPALIVE_ENVS:
+        text, why = app_env.get(name)
+        if why is not None:
+            check.notes.append(f"{why}; app keep-alive unknown")
+            return None
+        if text is not None:
+            return _spring_duration(check, name, text.strip())
+    return None
+
+
+def _spring_duration(check: ContainerCheck, name: str, text: str) -> Value | None:
     match = _SPRING_DURATION.fullmatch(text)
     if match:  # Spring Boot reads a bare number for this property as milliseconds
-        return Value(float(match.group(1)) * _SPRING_UNITS[match.group(2) or "ms"], f"env {KEEPALIVE_ENV}")
+        return Value(float(match.group(1)) * _SPRING_UNITS[match.group(2) or "ms"], f"env {name}")
     iso = _ISO_SECONDS.fullmatch(text)
     if iso and any(iso.groups()):
         hours, minutes, seconds = (float(g) if g else 0.0 for g in iso.groups())
-        return Value(hours * 3600 + minutes * 60 + seconds, f"env {KEEPALIVE_ENV}")
-    check.notes.append(f"{KEEPALIVE_ENV}={text!r} is not a duration the check understands; app keep-alive unknown")
+        return Value(hours * 3600 + minutes * 60 + seconds, f"env {name}")
+    check.notes.append(f"{name}={text!r} is not a duration the check understands; app keep-alive unknown")
     return None
 
 
