@@ -261,7 +261,7 @@ def _container_env(container: Mapping[str, Any], ns: str | None, configmaps: Map
         if ref:
             cm = _configmap(configmaps, str(ref.get("name")), ns)
             if cm is None:
-                unresolved[f"{prefix}*"] = f"envFrom configMapRef {ref.get('name')} is not in the given files"
+                unresolved[f"{prefix}*"] = f"envFrom configMapRef {ref.get('name')} is not in the same directory"
             else:
                 for key, value in _mapping(cm.obj.get("data")).items():
                     values[prefix + str(key)] = str(value)
@@ -281,7 +281,7 @@ def _container_env(container: Mapping[str, Any], ns: str | None, configmaps: Map
                 unresolved.pop(name, None)
             else:
                 kind = next(iter(_mapping(item.get("valueFrom"))), "valueFrom")
-                unresolved[name] = f"{name} comes from {kind}, which is not in the given files"
+                unresolved[name] = f"{name} comes from {kind}, " + _UNREADABLE.get(kind, "which the check cannot read")
             continue
         value = str(item.get("value", ""))
         if "$(" in value:
@@ -291,6 +291,14 @@ def _container_env(container: Mapping[str, Any], ns: str | None, configmaps: Map
         values[name] = value
         unresolved.pop(name, None)
     return _Env(values, unresolved)
+
+
+_UNREADABLE = {
+    "configMapKeyRef": "and that ConfigMap key is not in the files of the same directory",
+    "secretKeyRef": "and the check never reads Secrets",
+    "fieldRef": "known only in the running pod",
+    "resourceFieldRef": "known only in the running pod",
+}
 
 
 def _configmap(configmaps: Mapping[str, _Doc], name: str, ns: str | None) -> _Doc | None:
