@@ -1,7 +1,8 @@
 """The command line: parse, build Settings once, call the agent, map the outcome to an exit code.
 
 Exit codes (the README repeats this table):
-    0  done (with --wait: the drain is confirmed by every watcher)
+    0  done (with --wait: the drain is confirmed by every watcher; check: every timing rule holds)
+    1  check only: a timing rule in the manifests is violated
     2  usage or configuration error; nothing was sent
     3  the registry operation failed (after --wait has waited out the budget)
     4  the budget ran out before the drain was confirmed
@@ -33,6 +34,7 @@ EXIT_OK = 0
 EXIT_CONFIG = 2
 EXIT_REGISTRY = 3
 EXIT_BUDGET = 4
+EXIT_VIOLATIONS = 1  # `check` only: a timing rule in the manifests is violated
 
 # The one table from errors to exit codes; the first matching class wins.
 EXIT_CODES: tuple[tuple[type[PrestopError], int], ...] = (
@@ -329,6 +331,103 @@ def status(
         watchdog_s=lambda s: min(s.budget.value, 3 * s.request_timeout.value) + 5.0,
         wait_out_on_crash=False,
     )
+
+
+@app.command()
+def serve(
+    pod_ip: PodIp = None,
+    port: Port = None,
+    server: Server = None,
+    service: Service = None,
+    namespace: Namespace = None,
+    group: Group = None,
+    cluster: Cluster = None,
+    api: Api = None,
+    budget: Budget = None,
+    wait_for: WaitFor = None,
+    consumer_cache: Annotated[
+        str | None, typer.Option("--consumer-cache", help="Seconds [env PRESTOP_CONSUMER_CACHE_SECONDS]")
+    ] = None,
+    listen_port: Annotated[
+        str | None, typer.Option("--listen-port", help="Port to listen on, never the app's [env PRESTOP_SERVE_PORT]")
+    ] = None,
+    bind: Annotated[str | None, typer.Option("--bind", help="Address to listen on [env PRESTOP_SERVE_BIND]")] = None,
+) -> None:
+    """Sidecar mode: serve /prestop (deregister --wait), /status and /register for a preStop httpGet hook."""
+    from prestop_agent import serve as sidecar  # only this command needs the HTTP server
+
+    started = _process_started if _process_started is not None else SystemClock().monotonic()
+    flags = _flags(
+        pod_ip=pod_ip,
+        port=port,
+        server=server,
+        service=service,
+        namespace=namespace,
+        group=group,
+        cluster=cluster,
+        api=api,
+        budget=budget,
+        wait_for=wait_for,
+        consumer_cache=consumer_cache,
+        listen_port=listen_port,
+        bind=bind,
+    )
+    try:
+        settings = _settings(os.environ, flags)
+        config = sidecar.load_config(Source(os.environ, flags), settings)
+    except ConfigError as exc:
+        typer.echo(f"prestop-agent: {exc}", err=True)
+        raise typer.Exit(EXIT_CONFIG) from None
+    _tls(settings)  # an unreadable CA bundle is a configuration error now, not at the first drain
+    secrets = Secrets()
+    if settings.password is not None:
+        secrets.add(settings.password.value)
+    if config.token is not None:
+        secrets.add(config.token.value)
+    run = sidecar.ThreadRunClock()
+    configure(
+        stream=sys.stderr,
+        console=is_terminal(sys.stderr),
+        secrets=secrets,
+        run=run,
+        tee=open_pid1_stdout(settings.log_to_pid1.value, pid=os.getpid()),
+    )
+
+    # No process-wide watchdog here: the budget applies per drain, and the sidecar answers each
+    # /prestop by its budget's end (plus a fraction of a second) even if the drain is stuck.
+    def runner(
+        command: Callable[[Settings, Deps], Report], op_started: float, clock: SystemClock, crash_wait: bool
+    ) -> Report:
+        return _run_command(settings, command, clock, secrets, run, op_started, wait_out_on_crash=crash_wait)
+
+    try:
+        listening = sidecar.Service(sidecar.SidecarApp(sidecar.Sidecar(settings, runner), config, secrets))
+    except ConfigError as exc:
+        typer.echo(f"prestop-agent: {exc}", err=True)
+        raise typer.Exit(EXIT_CONFIG) from None
+    raise typer.Exit(sidecar.run(listening, started=started))
+
+
+@app.command()
+def check(
+    files: Annotated[list[str], typer.Argument(help="Manifest files or directories (YAML, multi-document).")],
+) -> None:
+    """Check the shutdown timings of Deployments, StatefulSets and DaemonSets: grace period, preStop wait, budget, LB.
+
+    Prints the timeline derived per container, then one line per violated rule with its fix. Exit 0 when every
+    rule holds, 1 on any violation, 2 for unreadable or invalid input.
+    """
+    from pathlib import Path
+
+    from prestop_agent.check import render, run_check
+
+    try:
+        report = run_check([Path(f) for f in files])
+    except ConfigError as exc:
+        typer.echo(f"prestop-agent: {exc}", err=True)
+        raise typer.Exit(exit_code_for(exc)) from None
+    typer.echo(render(report))
+    raise typer.Exit(EXIT_OK if report.ok else EXIT_VIOLATIONS)
 
 
 # Set by ``main`` (the installed command and ``python -m``): the budget then counts from process start.
