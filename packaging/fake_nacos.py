@@ -1,11 +1,11 @@
 """A tiny loopback stand-in for a Nacos 2.0.x server, for the packaging smoke test and benchmark.
 
-It exists only until ``python -m localnacos serve`` (a real Nacos server) is usable everywhere the
-smoke test runs; it speaks the same interface: it prints ``export NAME=value`` lines for the agent's
-settings, then serves until it is killed. It knows one service with one registered instance and
-answers the v1 naming calls the agent makes, in the reply shapes of localnacos/RESPONSES.md:
-the catalog list (disabled instances included), the served list (enabled ones only), the service
-list and the instance update. Standard library only; it binds 127.0.0.1 and nothing else.
+The smoke test and benchmark prefer ``python -m localnacos serve`` (a real Nacos); this is the
+fallback where that cannot run (no JDK), with the same interface: ``export NAME=value`` lines with
+the agent's settings, a line ``# ready``, then it serves until killed. It knows one service with
+one registered instance and answers the v1 naming calls the agent makes, in the reply shapes of
+localnacos/RESPONSES.md: the catalog list (disabled instances included), the served list (enabled
+ones only), the service list and the instance update. Standard library only; binds 127.0.0.1.
 
     python3 packaging/fake_nacos.py [--port N] [--service NAME] [--ip IP] [--instance-port N]
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import shlex
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -140,8 +141,8 @@ def main() -> None:
         "NACOS_API": "v1",
     }
     for name, value in exports.items():
-        print(f"export {name}={value}")
-    sys.stdout.flush()
+        print(f"export {name}={shlex.quote(value)}")
+    print("# ready", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
         httpd.serve_forever()
 
