@@ -13,6 +13,7 @@ from localnacos.harness import (
     NacosServer,
     build,
     cache_dir,
+    free_port,
     java_available,
     wait_until,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "NacosServer",
     "build",
     "cache_dir",
+    "free_port",
     "java_available",
     "wait_until",
 ]

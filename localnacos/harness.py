@@ -333,7 +333,8 @@ class NacosServer:
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 command,
-                stdin=subprocess.DEVNULL,
+                # Never written to: the JVM exits when this pipe closes, i.e. when this process dies.
+                stdin=subprocess.PIPE,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.home,
@@ -353,6 +354,9 @@ class NacosServer:
     def stop(self) -> None:
         if self.process is not None:
             _stop_process(self.process, grace=20.0)
+            if self.process.stdin is not None:
+                with contextlib.suppress(OSError):
+                    self.process.stdin.close()
             self.process = None
         if self.home is not None:
             shutil.rmtree(self.home, ignore_errors=True)
@@ -375,6 +379,7 @@ class NacosServer:
             "-XX:TieredStopAtLevel=1",
             "-XX:+UseSerialGC",
             *(f"--add-opens=java.base/{package}=ALL-UNNAMED" for package in _JVM_OPENS),
+            "-Dlocalnacos.exitOnStdinClose=true",
             f"-Duser.home={self.home}",
             f"-Dnacos.home={self.home}",
             f"-Dnacos.logs.path={self.home / 'logs'}",

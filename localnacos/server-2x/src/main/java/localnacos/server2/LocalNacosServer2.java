@@ -63,7 +63,33 @@ import org.springframework.stereotype.Component;
 public class LocalNacosServer2 {
 
     public static void main(String[] args) {
+        exitWhenStdinCloses();
         SpringApplication.run(LocalNacosServer2.class, args);
+    }
+
+    /**
+     * With {@code -Dlocalnacos.exitOnStdinClose=true}, exits when standard input reaches its end:
+     * the launcher holds the other end of the pipe, so the server dies with it even when the
+     * launcher is killed without a chance to clean up.
+     */
+    private static void exitWhenStdinCloses() {
+        if (!Boolean.getBoolean("localnacos.exitOnStdinClose")) {
+            return;
+        }
+        Thread watcher = new Thread(() -> {
+            byte[] buffer = new byte[64];
+            try {
+                while (System.in.read(buffer) >= 0) {
+                    // Input is ignored; only its end matters.
+                }
+            } catch (java.io.IOException e) {
+                // A broken pipe means the launcher is gone as well.
+            }
+            System.out.println("localnacos: launcher gone, exiting");
+            System.exit(0);
+        }, "localnacos-stdin-watcher");
+        watcher.setDaemon(true);
+        watcher.start();
     }
 
     /** Registers the controllers of the modules on the classpath with Nacos's method cache. */

@@ -30,6 +30,7 @@ public final class LocalNacosServer3 {
     }
 
     public static void main(String[] args) {
+        exitWhenStdinCloses();
         // Console handlers are chosen by this property (no default): "merged" wires them to the
         // in-process server instead of a remote one.
         System.setProperty(DEPLOYMENT_TYPE, System.getProperty(DEPLOYMENT_TYPE, "merged"));
@@ -46,5 +47,30 @@ public final class LocalNacosServer3 {
         NacosStartUpManager.start(NacosStartUp.CONSOLE_START_UP_PHASE);
         new SpringApplicationBuilder(NacosConsole.class).parent(core).run(args);
         System.out.println("localnacos: all Nacos contexts started");
+    }
+
+    /**
+     * With {@code -Dlocalnacos.exitOnStdinClose=true}, exits when standard input reaches its end:
+     * the launcher holds the other end of the pipe, so the server dies with it even when the
+     * launcher is killed without a chance to clean up.
+     */
+    private static void exitWhenStdinCloses() {
+        if (!Boolean.getBoolean("localnacos.exitOnStdinClose")) {
+            return;
+        }
+        Thread watcher = new Thread(() -> {
+            byte[] buffer = new byte[64];
+            try {
+                while (System.in.read(buffer) >= 0) {
+                    // Input is ignored; only its end matters.
+                }
+            } catch (java.io.IOException e) {
+                // A broken pipe means the launcher is gone as well.
+            }
+            System.out.println("localnacos: launcher gone, exiting");
+            System.exit(0);
+        }, "localnacos-stdin-watcher");
+        watcher.setDaemon(true);
+        watcher.start();
     }
 }
