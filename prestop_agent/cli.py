@@ -197,6 +197,17 @@ def _print(report: Report, *, json_out: bool, secrets: Secrets) -> None:
     typer.echo(secrets.scrub(line), err=report.error is not None)
 
 
+def _view_text(view: dict[str, object]) -> str:
+    head = f"{view.get('server')} (api {view.get('api') or '?'}):"
+    if view.get("error"):
+        return f"{head} error: {view['error']}"
+    instance = view.get("instance")
+    if not isinstance(instance, dict):
+        return f"{head} instance not found in this service"
+    fields = " ".join(f"{k}={instance[k]}" for k in ("cluster", "enabled", "healthy", "weight") if k in instance)
+    return f"{head} {fields} served={view.get('served')}"
+
+
 def _status_text(report: Report) -> str:
     data = report.data
     lines = ["settings:"]
@@ -207,7 +218,7 @@ def _status_text(report: Report) -> str:
     lines.append("servers:")
     views = data.get("servers")
     for view in views if isinstance(views, list) else []:
-        lines.append(f"  {view}")
+        lines.append(f"  {_view_text(view)}")
     lines.append(f"deregister would: {data.get('deregister_would')}")
     lines.append("watchers:")
     watchers = data.get("watchers")
