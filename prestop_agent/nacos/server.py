@@ -185,25 +185,37 @@ class NacosServer:
         if self._credentials is None:
             raise AuthError(f"{self}: no credentials to log in with; set NACOS_USERNAME and NACOS_PASSWORD")
         form = {"username": self._credentials.username, "password": self._credentials.password}
-        reply = self._raw("POST", "/v1/auth/login", deadline, form=form)
-        if reply.status in (404, 405, 410, 501):
-            reply = self._raw("POST", "/v3/auth/user/login", deadline, form=form)
-        payload = reply.unwrap()
-        token = payload.get("accessToken") if isinstance(payload, dict) else None
-        if reply.status != 200 or not isinstance(token, str) or not token:
-            raise AuthError(
-                f"{self}: login as {self._credentials.username!r} refused ({reply.status}: {reply.brief()}); "
-                "check NACOS_USERNAME and NACOS_PASSWORD"
-            )
+        refusals: list[str] = []
+        # 1.x/2.x log in on v1; 3.x also on v3. Nacos 3.1 answers a wrong password with a 500 on
+        # both paths, so any answer but a token counts as a refusal, never as a retryable failure.
+        for path in ("/v1/auth/login", "/v3/auth/user/login"):
+            try:
+                reply = self._raw("POST", path, deadline, form=form)
+            except ServerError as exc:
+                if exc.status is None:
+                    raise  # unreachable or timed out: a server problem, retried as such
+                refusals.append(f"{path}: {exc.status}")
+                continue
+            payload = reply.unwrap()
+            token = payload.get("accessToken") if isinstance(payload, dict) else None
+            if reply.status == 200 and isinstance(token, str) and token:
+                return self._accept(token, payload, deadline)
+            refusals.append(f"{path}: {reply.status} {reply.brief()}")
+        raise AuthError(
+            f"{self}: login as {self._credentials.username!r} refused ({'; '.join(refusals)}); "
+            "check NACOS_USERNAME and NACOS_PASSWORD"
+        )
+
+    def _accept(self, token: str, payload: dict[str, object], deadline: Deadline) -> str:
         self._on_secret(token)
-        ttl = payload.get("tokenTtl", 18000) if isinstance(payload, dict) else 18000
         try:
-            ttl_seconds = float(ttl)
-        except (TypeError, ValueError):
+            ttl_seconds = float(str(payload.get("tokenTtl", 18000)))
+        except ValueError:
             ttl_seconds = 18000.0
         # Renew well before the server's expiry so a long wait never sends a stale token.
         self._token_expires = deadline.clock.monotonic() + max(1.0, ttl_seconds * 0.8)
-        log.info("nacos_login", server=str(self), username=self._credentials.username, ttl_s=ttl_seconds)
+        username = self._credentials.username if self._credentials else None
+        log.info("nacos_login", server=str(self), username=username, ttl_s=ttl_seconds)
         return token
 
 

@@ -85,3 +85,21 @@ def test_auto_probe_picks_v1_on_a_2x_server(server: NacosServer) -> None:
     assert found is not None
     assert found.enabled is False
     assert registry.api(server, KEY, deadline()).name == "v1"
+
+
+def test_3x_wrong_password_500s_are_a_refusal_not_a_retry() -> None:
+    """Nacos 3.1 answers a wrong password with 500 on both login paths (localnacos/RESPONSES.md)."""
+    from prestop_agent.errors import AuthError
+    from prestop_agent.nacos.server import Credentials
+
+    server = NacosServer(
+        ServerAddress("http", "nacos", 8848, "/nacos"), httpx.Client(), credentials=Credentials("nacos", "wrong")
+    )
+    with respx.mock:
+        v1 = respx.post("http://nacos:8848/nacos/v1/auth/login").respond(
+            500, json={"code": 500, "message": "Handle API Compatibility failed"}
+        )
+        v3 = respx.post("http://nacos:8848/nacos/v3/auth/user/login").respond(500, text="No message available")
+        with pytest.raises(AuthError, match="check NACOS_USERNAME and NACOS_PASSWORD"):
+            server.call("GET", "/v3/admin/ns/instance/list", deadline(), params={"serviceName": "demo"})
+        assert (v1.call_count, v3.call_count) == (1, 1)
