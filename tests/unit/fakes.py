@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
@@ -89,7 +90,7 @@ class FakeNacos:
             return httpx.Response(404, json={"status": 404, "error": "Not Found", "path": request.url.path})
         return handler(params)
 
-    def _routes(self) -> dict[tuple[str, str], Any]:
+    def _routes(self) -> dict[tuple[str, str], Callable[[dict[str, str]], httpx.Response]]:
         if self.major == 2:
             return {
                 ("GET", "/v1/ns/catalog/instances"): self._catalog,

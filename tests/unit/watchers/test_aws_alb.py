@@ -319,9 +319,10 @@ def test_clients_are_reused_per_region_and_timeout_step(cloud: Cloud) -> None:
     assert clients("us-east-1", 2.2) is first  # both round down to 1.0 s
     assert clients("us-east-1", 10.0) is not first
     assert clients("eu-west-1", 2.0) is not first
-    assert first.meta.config.read_timeout == 1.0
-    assert first.meta.config.connect_timeout == 1.0
-    assert first.meta.config.retries["total_max_attempts"] == 1
+    config: Any = first.meta.config  # type: ignore[attr-defined]  # a real boto3 client, typed narrowly
+    assert config.read_timeout == 1.0
+    assert config.connect_timeout == 1.0
+    assert config.retries["total_max_attempts"] == 1
 
 
 def test_a_server_that_never_answers_costs_one_poll_timeout() -> None:
