@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 import structlog
 
@@ -16,6 +17,8 @@ from prestop_agent.nacos.server import NacosServer
 log = structlog.get_logger(__name__)
 
 MAX_SEARCHED_SERVICES = 300
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -134,21 +137,24 @@ class Registry:
 
     def locate(self, key: ServiceKey, deadline: Deadline, *, search: bool) -> Located:
         """Find this ip:port under ``key`` on the first server that answers, else search the namespace."""
+        server, instance = self._first_answer("answered", lambda s: self.find(s, key, deadline))
+        if instance is not None:
+            return Located(key, instance, str(server))
+        found = self._search(server, key, deadline) if search else []
+        return self._decide(key, found, str(server))
+
+    def _first_answer(self, what: str, attempt: Callable[[NacosServer], T]) -> tuple[NacosServer, T]:
+        """Fail over: the first server where ``attempt`` succeeds, and its result."""
         errors: list[str] = []
         for server in self.servers:
             try:
-                instance = self.find(server, key, deadline)
+                return server, attempt(server)
             except AuthError:
-                raise
+                raise  # the same credentials would be refused by every member of the cluster
             except RegistryError as exc:
                 errors.append(str(exc))
                 log.warning("nacos_server_failed", server=str(server), error=str(exc))
-                continue
-            if instance is not None:
-                return Located(key, instance, str(server))
-            found = self._search(server, key, deadline) if search else []
-            return self._decide(key, found, str(server))
-        raise ServerError("no Nacos server answered: " + "; ".join(errors))
+        raise ServerError(f"no Nacos server {what}: " + "; ".join(errors))
 
     def _search(self, server: NacosServer, key: ServiceKey, deadline: Deadline) -> list[Located]:
         api = self.api(server, key, deadline)
@@ -184,18 +190,8 @@ class Registry:
 
     def set_enabled(self, located: Located, enabled: bool, deadline: Deadline) -> str:
         """Write ``enabled`` on the first server that accepts it; returns that server."""
-        errors: list[str] = []
-        for server in self.servers:
-            try:
-                self._write(server, located, enabled, deadline)
-            except AuthError:
-                raise
-            except RegistryError as exc:
-                errors.append(str(exc))
-                log.warning("nacos_write_failed", server=str(server), error=str(exc))
-                continue
-            return str(server)
-        raise ServerError("no Nacos server accepted the write: " + "; ".join(errors))
+        server, _ = self._first_answer("accepted the write", lambda s: self._write(s, located, enabled, deadline))
+        return str(server)
 
     def _write(self, server: NacosServer, located: Located, enabled: bool, deadline: Deadline) -> None:
         api = self.api(server, located.key, deadline)
