@@ -14,8 +14,9 @@ the way a Deployment with maxSurge 1 / maxUnavailable 0 and the kubelet do it:
    so its termination overlaps the next replacement's start, as in a real rollout.
 
 After the last old pod is gone the benchmark waits ``--settle`` seconds (longer than the
-consumer's cache) so that failures caused by a strategy are counted against it, then rolls
-again with the next strategy. Run ``bench/run --help`` for the options.
+consumer's cache) so that failures caused by a strategy are counted against it, plus a random
+part (``--jitter``) so that no roll starts at the same point of the consumer's cache cycle as
+the one before, then rolls again with the next strategy. Run ``bench/run --help`` for the options.
 """
 
 from __future__ import annotations
@@ -187,9 +188,8 @@ def port_is_free(ip: str, port: int) -> bool:
 
 
 def free_port(ip: str, taken: set[int]) -> int:
-    rng = random.Random()  # noqa: S311 - not security relevant
     for _ in range(1000):
-        port = rng.randint(*PORT_RANGE)
+        port = random.randint(*PORT_RANGE)  # noqa: S311 - not security relevant
         if port not in taken and port_is_free(ip, port):
             taken.add(port)
             return port
@@ -199,8 +199,8 @@ def free_port(ip: str, taken: set[int]) -> int:
 def pod_name() -> str:
     """A Deployment pod's name: <deployment>-<replicaset hash>-<5 random characters>."""
     alphabet = "bcdfghjklmnpqrstvwxz2456789"  # the alphabet Kubernetes uses for generated names
-    rng = random.Random()  # noqa: S311 - not security relevant
-    return f"{SERVICE}-7d9c6b5f48-{''.join(rng.choice(alphabet) for _ in range(5))}"
+    suffix = "".join(random.choice(alphabet) for _ in range(5))  # noqa: S311 - not security relevant
+    return f"{SERVICE}-7d9c6b5f48-{suffix}"
 
 
 def cache_dir() -> Path:
@@ -795,6 +795,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=40.0,
         help="seconds after each roll before the next (default 40: longer than the consumer's 35 s cache)",
     )
+    p.add_argument(
+        "--jitter",
+        type=float,
+        default=35.0,
+        help="add a random 0..JITTER seconds to each settle time (default 35, the consumer's cache time-to-live),\n"
+        "so a roll does not start at the same point of the consumer's cache cycle every time",
+    )
+    p.add_argument("--seed", type=int, help="seed for the jitter, pod names and ports")
     p.add_argument("--nacos", metavar="HOST:PORT", help="use this running Nacos instead of starting one")
     p.add_argument("--nacos-major", default="2", choices=("2", "3"), help="Nacos server the harness starts")
     p.add_argument("--results", type=Path, default=BENCH / "results", help="where the JSON and PNG go")
@@ -822,6 +830,9 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0915 - the run, 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGHUP, _on_signal)
 
+    jitter = random.Random(args.seed)  # noqa: S311 - not security relevant
+    if args.seed is not None:
+        random.seed(args.seed)
     provider_jar, consumer_jar = build_apps()
     began = time.time()
     phases: list[Phase] = []
@@ -838,14 +849,15 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0915 - the run, 
             consumer, out = start_consumer(consumer_jar, nacos, run_dir, args.rate)
             wait_consumer_sees(out, pods, consumer, timeout=STARTUP_TIMEOUT_S)
             log(f"consumer calls every provider at {args.rate}/s")
-            time.sleep(5.0)
+            time.sleep(5.0 + jitter.uniform(0.0, args.jitter))
             for strategy in strategies:
                 log(f"rolling with: {strategy.label}")
                 for pod in pods:  # the hook a pod runs is the one in the spec it was started with
                     pod.env = cluster.pod_env(pod.name, pod.ip, pod.port, strategy)
                 phase, pods = roll(cluster, pods, strategy, rolls)
-                log(f"  rollout took {phase.ended - phase.started:.1f} s; settling {args.settle:.0f} s")
-                time.sleep(args.settle)
+                settle = args.settle + jitter.uniform(0.0, args.jitter)
+                log(f"  rollout took {phase.ended - phase.started:.1f} s; settling {settle:.0f} s")
+                time.sleep(settle)
                 phase.settled = time.time()
                 phases.append(phase)
                 if consumer.poll() is not None:
@@ -864,6 +876,8 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0915 - the run, 
             "rolls_per_strategy": rolls,
             "rate_per_s": args.rate,
             "settle_s": args.settle,
+            "settle_jitter_s": args.jitter,
+            "seed": args.seed,
             "jvm_flags": list(JVM_FLAGS),
             "consumer": "Spring Cloud LoadBalancer defaults: round robin, 35 s cache (Caffeine), no retries",
         },

@@ -44,6 +44,8 @@ def test_one_roll_with_the_agent_fails_no_request(nacos: NacosServer, tmp_path: 
         "1",
         "--settle",
         "36",  # longer than the consumer's cache: late failures still count
+        "--jitter",
+        "0",
         "--no-chart",
         "--results",
         str(tmp_path),
