@@ -663,7 +663,7 @@ def summarize(phase: Phase, outcomes: Sequence[Outcome]) -> dict[str, Any]:
         "strategy": s.name,
         "label": s.label,
         "grace_s": s.grace_s,
-        "hook": list(s.hook) if s.hook else None,
+        "hook": [_repo_relative(a) for a in s.hook] if s.hook else None,
         "hook_env": dict(s.env),
         "started": phase.started,
         "ended": phase.ended,
@@ -685,6 +685,10 @@ def summarize(phase: Phase, outcomes: Sequence[Outcome]) -> dict[str, Any]:
         "terminations": [dataclasses.asdict(t) for t in sorted(phase.terminations, key=lambda t: t.deleted)],
         "replacements": [{"pod": n, "started": a, "ready": b} for n, a, b in phase.starts],
     }
+
+
+def _repo_relative(arg: str) -> str:
+    return arg.removeprefix(f"{REPO}/")
 
 
 def _round(value: float | None, digits: int = 1) -> float | None:
