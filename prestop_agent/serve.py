@@ -50,7 +50,7 @@ from prestop_agent.clock import Deadline, SystemClock
 from prestop_agent.config import Settings
 from prestop_agent.errors import BudgetExhausted, ConfigError, PrestopError, RegistryError
 from prestop_agent.logs import RunClock, Secrets
-from prestop_agent.source import Resolved, Source, parse_bool, parse_port
+from prestop_agent.source import Resolved, Source, parse_bool, parse_networks, parse_port
 
 log = structlog.get_logger(__name__)
 
@@ -159,16 +159,12 @@ def _allow_from(src: Source, has_token: bool) -> tuple[bool, tuple[ipaddress.IPv
                 "set PRESTOP_SERVE_TOKEN too, or list the callers' addresses instead"
             )
         return True, ()
-    networks = []
-    for item in found.value:
-        try:
-            networks.append(ipaddress.ip_network(item, strict=False))
-        except ValueError:
-            raise ConfigError(
-                f"PRESTOP_SERVE_ALLOW_FROM has {item!r}, which is not an IP address or CIDR; "
-                "use e.g. 10.244.1.1,10.0.0.0/24, or 'any' with PRESTOP_SERVE_TOKEN"
-            ) from None
-    return False, tuple(networks)
+    networks = parse_networks(
+        "PRESTOP_SERVE_ALLOW_FROM",
+        found.value,
+        example="e.g. 10.244.1.1,10.0.0.0/24, or 'any' with PRESTOP_SERVE_TOKEN",
+    )
+    return False, networks
 
 
 def _name(found: Resolved[Any]) -> str:

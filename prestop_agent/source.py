@@ -115,3 +115,16 @@ def parse_ip(name: str, value: str) -> str:
         raise ConfigError(
             f"{name}={value!r} is not an IP address; set it from the downward API (fieldRef: status.podIP)"
         ) from None
+
+
+def parse_networks(
+    name: str, items: tuple[str, ...], *, example: str
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """IP addresses or CIDRs from a list setting; ConfigError naming the first bad entry."""
+    networks = []
+    for item in items:
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ConfigError(f"{name} has {item!r}, which is not an IP address or CIDR; use {example}") from None
+    return tuple(networks)

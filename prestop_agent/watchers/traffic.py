@@ -63,7 +63,7 @@ from typing import Protocol
 import structlog
 
 from prestop_agent.errors import ConfigError, WatcherError
-from prestop_agent.source import Source, parse_port
+from prestop_agent.source import Source, parse_networks, parse_port
 from prestop_agent.watchers.base import Observation, PodTarget, Verdict, Watcher
 
 NAME = "traffic"
@@ -115,17 +115,12 @@ def load_config(src: Source) -> TrafficConfig:
     if found_ports is not None:
         for item in found_ports.value:
             ports.append(parse_port("PRESTOP_TRAFFIC_PORTS", item))
-    ignore: list[IPNetwork] = []
     found_ignore = src.items("PRESTOP_TRAFFIC_IGNORE")
-    if found_ignore is not None:
-        for item in found_ignore.value:
-            try:
-                ignore.append(ipaddress.ip_network(item, strict=False))
-            except ValueError:
-                raise ConfigError(
-                    f"PRESTOP_TRAFFIC_IGNORE contains {item!r}, which is not an IP address or CIDR; "
-                    "use comma-separated entries such as 10.0.0.5,10.1.0.0/16"
-                ) from None
+    ignore = parse_networks(
+        "PRESTOP_TRAFFIC_IGNORE",
+        found_ignore.value if found_ignore else (),
+        example="comma-separated entries such as 10.0.0.5,10.1.0.0/16",
+    )
     mode = src.string("PRESTOP_TRAFFIC_SOURCE", default="auto")
     if mode.value.lower() not in SOURCES:
         raise ConfigError(
