@@ -53,7 +53,9 @@ ENV_TARGET_PORT = "PRESTOP_ALIYUN_TARGET_PORT"
 ENV_WAIT_REMOVED = "PRESTOP_ALIYUN_WAIT_REMOVED"
 ENV_ENDPOINT = "PRESTOP_ALIYUN_ENDPOINT"
 
-MISSING_SDK = "aliyun-alb needs Alibaba Cloud's SDK: pip install 'prestop-agent[aliyun]'"
+MISSING_SDK = (
+    "aliyun-alb needs Alibaba Cloud's SDK: pip install 'prestop-agent[aliyun]', or use the executable's full variant"
+)
 RAM_ACTION = "alb:ListServerGroupServers"
 
 PAGE_SIZE = 100  # the API's largest MaxResults

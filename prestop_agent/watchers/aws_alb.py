@@ -49,7 +49,7 @@ ENV_TARGET_PORT = "PRESTOP_AWS_TARGET_PORT"
 ENV_WAIT_DEREGISTERED = "PRESTOP_AWS_WAIT_DEREGISTERED"
 ENV_ENDPOINT_URL = "PRESTOP_AWS_ENDPOINT_URL"
 
-MISSING_SDK = "aws-alb needs the AWS SDK: pip install 'prestop-agent[aws]'"
+MISSING_SDK = "aws-alb needs the AWS SDK: pip install 'prestop-agent[aws]', or use the executable's full variant"
 IAM_ACTION = "elasticloadbalancing:DescribeTargetHealth"
 
 # arn:PARTITION:elasticloadbalancing:REGION:ACCOUNT:targetgroup/NAME/ID

@@ -202,7 +202,8 @@ def test_config_without_the_sdk_names_the_extra(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setitem(sys.modules, "boto3", None)
     with pytest.raises(ConfigError) as caught:
         _config(FAKE_ARN)
-    assert str(caught.value) == "aws-alb needs the AWS SDK: pip install 'prestop-agent[aws]'"
+    assert str(caught.value) == aws_alb.MISSING_SDK
+    assert "pip install 'prestop-agent[aws]'" in str(caught.value)
 
 
 def test_request_timeout_steps() -> None:
