@@ -16,6 +16,7 @@ from prestop_agent.clock import Clock, Deadline
 from prestop_agent.config import Settings
 from prestop_agent.errors import AuthError, BudgetExhausted, InstanceNotFound, PrestopError, RegistryError
 from prestop_agent.logs import RunClock, Secrets
+from prestop_agent.nacos.model import ServiceKey
 from prestop_agent.nacos.registry import Located, Registry
 from prestop_agent.nacos.server import Credentials, NacosServer
 from prestop_agent.wait import wait_until_gone
@@ -192,15 +193,16 @@ def _disable_and_confirm(run: _Run, located: Located) -> None:
     log.info("instance_unserved", service=str(located.key), endpoint=located.instance.endpoint)
 
 
+def _watcher(name: str, settings: Settings, deps: Deps, registry: Registry, key: ServiceKey) -> Watcher:
+    """A configured watcher; the registry one shares the run's Nacos connection and service key."""
+    if name == catalog.REGISTRY:
+        return RegistryWatcher(registry, key, settings.consumer_cache.value, deps.clock)
+    return deps.build_watcher(name, settings.watcher_configs[name], target_of(settings))
+
+
 def _wait_for_evidence(run: _Run, located: Located, report: Report) -> None:
     settings, deps, registry, deadline = run.settings, run.deps, run.registry, run.deadline
-    watchers: list[Watcher] = []
-    target = target_of(settings)
-    for name in settings.wait_for.value:
-        if name == catalog.REGISTRY:
-            watchers.append(RegistryWatcher(registry, located.key, settings.consumer_cache.value, deps.clock))
-        else:
-            watchers.append(deps.build_watcher(name, settings.watcher_configs[name], target))
+    watchers = [_watcher(name, settings, deps, registry, located.key) for name in settings.wait_for.value]
     done, results = wait_until_gone(watchers, deadline, request_timeout=settings.request_timeout.value)
     report.data["watchers"] = {r.name: r.as_dict() for r in results}
     if done:
@@ -304,13 +306,9 @@ def run_status(settings: Settings, deps: Deps) -> Report:
 
 def _watcher_verdicts(settings: Settings, deps: Deps, registry: Registry, deadline: Deadline) -> dict[str, object]:
     verdicts: dict[str, object] = {}
-    target = target_of(settings)
     for name in settings.wait_for.value:
         try:
-            if name == catalog.REGISTRY:
-                watcher: Watcher = RegistryWatcher(registry, settings.key, settings.consumer_cache.value, deps.clock)
-            else:
-                watcher = deps.build_watcher(name, settings.watcher_configs[name], target)
+            watcher = _watcher(name, settings, deps, registry, settings.key)
             obs = watcher.poll(deps.clock.monotonic(), deadline.cap(settings.request_timeout.value))
             verdicts[name] = {"verdict": obs.verdict.value, "reason": obs.reason, **dict(obs.details)}
         except PrestopError as exc:
