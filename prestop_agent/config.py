@@ -26,6 +26,12 @@ _SAFE = "bcdfghjklmnpqrstvwxz2456789"
 _DEPLOYMENT_POD = re.compile(rf"^(?P<base>[a-z0-9][a-z0-9.-]*?)-[{_SAFE}]{{6,10}}-[{_SAFE}]{{5}}$")
 _STATEFUL_POD = re.compile(r"^(?P<base>[a-z0-9][a-z0-9.-]*?)-\d+$")
 _GENERATED_POD = re.compile(rf"^(?P<base>[a-z0-9][a-z0-9.-]*?)-[{_SAFE}]{{5}}$")
+# Kubernetes cuts a generateName base longer than 58 characters to 58 and appends 5 random ones
+# (apiserver's names.SimpleNameGenerator), so a Deployment pod's ReplicaSet hash, or the dash
+# before the random part, may be cut: the workload name is what stands before the last dash.
+_MAX_GENERATED_BASE = 58
+_TRUNCATED_BASE = re.compile(rf"^(?P<base>[a-z0-9][a-z0-9.-]*[a-z0-9])-[{_SAFE}]{{0,10}}$")
+_RANDOM_SUFFIX = re.compile(rf"^[{_SAFE}]{{5}}$")
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,11 @@ def derive_service(pod_name: str) -> str | None:
         match = pattern.match(pod_name)
         if match:
             return match.group("base")
+    base, suffix = pod_name[:_MAX_GENERATED_BASE], pod_name[_MAX_GENERATED_BASE:]
+    if _RANDOM_SUFFIX.match(suffix):
+        match = _TRUNCATED_BASE.match(base)
+        if match:
+            return match.group("base")
     return None
 
 
@@ -118,11 +129,10 @@ def load(src: Source) -> Settings:
         if pod_name is None:
             raise ConfigError("NACOS_SERVICE_NAME is not set and HOSTNAME is unknown; set NACOS_SERVICE_NAME")
         derived = derive_service(pod_name.value)
-        if derived is None:
-            raise ConfigError(
-                f"cannot derive the service name from HOSTNAME={pod_name.value!r}; set NACOS_SERVICE_NAME"
-            )
-        service_raw = Resolved(derived, f"derived from HOSTNAME={pod_name.value}")
+        if derived is None:  # the README's promise: then the instance is looked up by ip:port
+            service_raw = Resolved("", f"none derivable from HOSTNAME={pod_name.value}: looked up by ip:port")
+        else:
+            service_raw = Resolved(derived, f"derived from HOSTNAME={pod_name.value}")
         service_derived = True
 
     api = src.string("NACOS_API", flag="api", default="auto")
@@ -133,7 +143,9 @@ def load(src: Source) -> Settings:
     username = src.raw(
         "NACOS_USERNAME", "SPRING_CLOUD_NACOS_DISCOVERY_USERNAME", "SPRING_CLOUD_NACOS_USERNAME", flag="username"
     )
-    password = src.raw("NACOS_PASSWORD", "SPRING_CLOUD_NACOS_DISCOVERY_PASSWORD", "SPRING_CLOUD_NACOS_PASSWORD")
+    password = src.raw(
+        "NACOS_PASSWORD", "SPRING_CLOUD_NACOS_DISCOVERY_PASSWORD", "SPRING_CLOUD_NACOS_PASSWORD", strip=False
+    )
     if (username is None) != (password is None):
         missing = "NACOS_PASSWORD" if password is None else "NACOS_USERNAME"
         raise ConfigError(f"{missing} is not set but its partner is; set both NACOS_USERNAME and NACOS_PASSWORD")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -33,16 +34,19 @@ class Source:
         self._environ = dict(environ)
         self._flags = dict(flags or {})
 
-    def raw(self, *names: str, flag: str | None = None) -> Resolved[str] | None:
-        """The first non-empty value among the flag, then the variables in order."""
+    def raw(self, *names: str, flag: str | None = None, strip: bool = True) -> Resolved[str] | None:
+        """The first non-empty value among the flag, then the variables in order.
+
+        ``strip=False`` keeps surrounding spaces, which belong to a password.
+        """
         if flag is not None:
             value = self._flags.get(flag)
             if value is not None and str(value).strip() != "":
-                return Resolved(str(value).strip(), f"--{flag}")
+                return Resolved(str(value).strip() if strip else str(value), f"--{flag}")
         for name in names:
             value = self._environ.get(name)
             if value is not None and value.strip() != "":
-                return Resolved(value.strip(), f"env {name}")
+                return Resolved(value.strip() if strip else value, f"env {name}")
         return None
 
     def string(self, *names: str, flag: str | None = None, default: str) -> Resolved[str]:
@@ -77,13 +81,25 @@ def _origin(found: Resolved[str]) -> str:
     return found.source.removeprefix("env ")
 
 
+# Plain ASCII digits only: int() and float() also take "8_080", "+8080" and full-width digits.
+_DIGITS = re.compile(r"[0-9]+")
+# Longer than any grace period in practice, and far below what timers and sleeps accept.
+MAX_SECONDS = 86400.0
+
+
 def parse_seconds(name: str, value: str, *, minimum: float = 0.0) -> float:
     try:
+        if not value.isascii() or "_" in value or value.startswith("+"):
+            raise ValueError(value)
         number = float(value)
     except ValueError:
         raise ConfigError(f"{name}={value!r} is not a number of seconds; set it to a number such as 30") from None
     if not math.isfinite(number) or number < minimum:
         raise ConfigError(f"{name}={value!r} must be a number of seconds of at least {minimum:g}; fix or unset it")
+    if number > MAX_SECONDS:
+        raise ConfigError(
+            f"{name}={value!r} is longer than a day ({MAX_SECONDS:g} s); set it to the seconds it should be"
+        )
     return number
 
 
@@ -97,20 +113,18 @@ def parse_bool(name: str, value: str) -> bool:
 
 
 def parse_port(name: str, value: str) -> int:
-    try:
-        port = int(value)
-    except ValueError:
-        raise ConfigError(
-            f"{name}={value!r} is not a port number; set it to the port the app serves on, 1-65535"
-        ) from None
+    if not _DIGITS.fullmatch(value):
+        raise ConfigError(f"{name}={value!r} is not a port number; set it to the port the app serves on, 1-65535")
+    port = int(value)
     if not 1 <= port <= 65535:
         raise ConfigError(f"{name}={value!r} is out of range; set it to the port the app serves on, 1-65535")
     return port
 
 
 def parse_ip(name: str, value: str) -> str:
+    bare = value[1:-1] if value.startswith("[") and value.endswith("]") else value
     try:
-        return str(ipaddress.ip_address(value))
+        return str(ipaddress.ip_address(bare))
     except ValueError:
         raise ConfigError(
             f"{name}={value!r} is not an IP address; set it from the downward API (fieldRef: status.podIP)"
