@@ -14,9 +14,15 @@ import structlog
 
 from prestop_agent.clock import Clock, Deadline
 from prestop_agent.config import Settings
-from prestop_agent.errors import AuthError, BudgetExhausted, InstanceNotFound, PrestopError, RegistryError
+from prestop_agent.errors import (
+    AuthError,
+    BudgetExhausted,
+    InstanceNotFound,
+    PrestopError,
+    RegistryError,
+)
 from prestop_agent.logs import RunClock, Secrets
-from prestop_agent.nacos.model import ServiceKey
+from prestop_agent.nacos.model import ServiceKey, format_endpoint
 from prestop_agent.nacos.registry import Located, Registry
 from prestop_agent.nacos.server import Credentials, NacosServer
 from prestop_agent.wait import wait_until_gone
@@ -72,14 +78,13 @@ def make_registry(settings: Settings, deps: Deps) -> Registry:
     credentials = None
     if settings.username is not None and settings.password is not None:
         credentials = Credentials(settings.username.value, settings.password.value)
-        deps.secrets.add(settings.password.value)
     servers = [
         NacosServer(
             address,
             deps.http,
             credentials=credentials,
             request_timeout=settings.request_timeout.value,
-            on_secret=deps.secrets.add,
+            secrets=deps.secrets,
         )
         for address in settings.servers.value
     ]
@@ -90,18 +95,22 @@ def target_of(settings: Settings) -> PodTarget:
     return PodTarget(settings.pod_ip.value, settings.port.value, settings.host_ip.value if settings.host_ip else None)
 
 
+def endpoint_of(settings: Settings) -> str:
+    return format_endpoint(settings.pod_ip.value, settings.port.value)
+
+
 def _located(settings: Settings, registry: Registry, deadline: Deadline) -> Located:
     located = registry.locate(settings.key, deadline, search=True)
     if located.searched:
         if not settings.service_derived:
             raise InstanceNotFound(
-                f"{settings.pod_ip.value}:{settings.port.value} is not in service {settings.service.value!r} "
+                f"{endpoint_of(settings)} is not in service {settings.service.value!r} "
                 f"({settings.service.source}) but in {located.key.service!r}; "
                 f"set NACOS_SERVICE_NAME={located.key.service}"
             )
         log.warning(
-            "service_name_corrected",
-            derived=settings.service.value,
+            "service_name_corrected" if settings.service.value else "service_found_by_endpoint",
+            derived=settings.service.value or None,
             found=located.key.service,
             hint=f"set NACOS_SERVICE_NAME={located.key.service}",
         )
@@ -117,7 +126,12 @@ def _located(settings: Settings, registry: Registry, deadline: Deadline) -> Loca
 
 
 def _instance_data(located: Located) -> dict[str, object]:
-    return {"service": str(located.key), "instance": located.instance.summary(), "found_by_search": located.searched}
+    return {
+        "service": str(located.key),
+        "endpoint": located.instance.endpoint,
+        "instance": located.instance.summary(),
+        "found_by_search": located.searched,
+    }
 
 
 # -- deregister ------------------------------------------------------------------------------------
@@ -131,7 +145,7 @@ def run_deregister(settings: Settings, deps: Deps, *, wait: bool, dry_run: bool)
         wait=wait,
         dry_run=dry_run,
         budget_s=settings.budget.value,
-        endpoint=f"{settings.pod_ip.value}:{settings.port.value}",
+        endpoint=endpoint_of(settings),
         service=str(settings.key),
     )
     report = Report("deregister", "failed")
@@ -186,9 +200,11 @@ def _disable_and_confirm(run: _Run, located: Located) -> None:
     proof = RegistryWatcher(registry, located.key, 0.0, deps.clock)
     confirmed, results = wait_until_gone([proof], deadline, request_timeout=settings.request_timeout.value)
     if not confirmed:
+        result = results[0]
+        state = "is still served" if result.verdict is Verdict.PRESENT else "was never shown to be unserved"
         raise RegistryError(
-            f"the write was accepted but {located.instance.endpoint} is still served in {located.key} "
-            f"({results[0].reason}{': ' + results[0].last_error if results[0].last_error else ''})"
+            f"the write was accepted but {located.instance.endpoint} {state} in {located.key} "
+            f"({result.reason}{': ' + result.last_error if result.last_error else ''})"
         )
     log.info("instance_unserved", service=str(located.key), endpoint=located.instance.endpoint)
 
@@ -225,7 +241,7 @@ def run_register(settings: Settings, deps: Deps, *, wait: bool) -> Report:
         "register_started",
         wait=wait,
         timeout_s=settings.register_timeout.value,
-        endpoint=f"{settings.pod_ip.value}:{settings.port.value}",
+        endpoint=endpoint_of(settings),
         service=str(settings.key),
     )
     report = Report("register", "failed")
@@ -264,12 +280,13 @@ def _await_registration(settings: Settings, registry: Registry, deadline: Deadli
 
 def _confirm_served(registry: Registry, located: Located, deadline: Deadline) -> None:
     while True:
-        served_by = [s for s in registry.servers if registry.is_served(s, located.key, deadline)]
-        if served_by:
-            log.info("instance_served", servers=[str(s) for s in served_by], endpoint=located.instance.endpoint)
+        served = registry.served(located.key, deadline)
+        if served.serving:
+            log.info("instance_served", servers=served.serving, endpoint=located.instance.endpoint)
             return
         if deadline.expired():
-            raise RegistryError(f"the write was accepted but {located.instance.endpoint} is still not served")
+            failed = f" ({'; '.join(served.failed)})" if served.failed else ""
+            raise RegistryError(f"the write was accepted but {located.instance.endpoint} is still not served{failed}")
         deadline.sleep(REGISTER_POLL_S)
 
 
@@ -280,8 +297,12 @@ def run_status(settings: Settings, deps: Deps) -> Report:
     deadline = deps.deadline(min(settings.budget.value, 3 * settings.request_timeout.value))
     registry = make_registry(settings, deps)
     report = Report("status", "reported", data={"settings": settings.sources()})
+    key = settings.key
     try:
-        views = registry.view(settings.key, deadline)
+        if not key.service:  # no name to look in: find the service by ip:port, as deregister would
+            key = registry.locate(key, deadline, search=True).key
+            report.data["service_found_by_endpoint"] = str(key)
+        views = registry.view(key, deadline)
     except RegistryError as exc:
         report.error = exc
         return report
@@ -291,24 +312,26 @@ def run_status(settings: Settings, deps: Deps) -> Report:
         report.error = RegistryError("no Nacos server answered: " + "; ".join(str(v.error) for v in views))
     if found is None:
         plan = (
-            f"look up {settings.pod_ip.value}:{settings.port.value} by ip:port in the namespace"
+            f"look up {endpoint_of(settings)} by ip:port in the namespace"
             + (" (the service name was derived from the pod name)" if settings.service_derived else "")
             + "; fail with exit 3 if no service holds it"
         )
     elif found.enabled:
-        plan = f"disable {found.endpoint} in {settings.key} (enabled=false, weight {found.weight:g} kept), then wait"
+        plan = f"disable {found.endpoint} in {key} (enabled=false, weight {found.weight:g} kept), then wait"
     else:
         plan = f"nothing to write: {found.endpoint} is already disabled; confirm and wait"
     report.data["deregister_would"] = plan
-    report.data["watchers"] = _watcher_verdicts(settings, deps, registry, deadline)
+    report.data["watchers"] = _watcher_verdicts(settings, deps, registry, key, deadline)
     return report
 
 
-def _watcher_verdicts(settings: Settings, deps: Deps, registry: Registry, deadline: Deadline) -> dict[str, object]:
+def _watcher_verdicts(
+    settings: Settings, deps: Deps, registry: Registry, key: ServiceKey, deadline: Deadline
+) -> dict[str, object]:
     verdicts: dict[str, object] = {}
     for name in settings.wait_for.value:
         try:
-            watcher = _watcher(name, settings, deps, registry, settings.key)
+            watcher = _watcher(name, settings, deps, registry, key)
             obs = watcher.poll(deps.clock.monotonic(), deadline.cap(settings.request_timeout.value))
             verdicts[name] = {"verdict": obs.verdict.value, "reason": obs.reason, **dict(obs.details)}
         except PrestopError as exc:

@@ -187,14 +187,14 @@ def _start_watchdog(seconds: float) -> threading.Timer:
 
 def _print(report: Report, *, json_out: bool, secrets: Secrets) -> None:
     if json_out:
-        typer.echo(secrets.scrub(json.dumps(report.as_dict(), default=str, indent=None)))
+        typer.echo(secrets.dumps(report.as_dict()))
         return
     if report.command == "status":
-        typer.echo(secrets.scrub(_status_text(report)))
+        typer.echo(secrets.net(_status_text(report)))
     line = f"{report.command}: {report.outcome}"
     if report.error is not None:
         line += f": {report.error}"
-    typer.echo(secrets.scrub(line), err=report.error is not None)
+    typer.echo(secrets.net(line), err=report.error is not None)
 
 
 def _view_text(view: dict[str, object]) -> str:

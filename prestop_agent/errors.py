@@ -4,7 +4,8 @@
     ├── ConfigError              bad or missing input; nothing was sent      -> exit 2
     ├── RegistryError            the registry operation failed               -> exit 3
     │   ├── AuthError            credentials refused, or a token rejected twice
-    │   ├── ServerError          unreachable server, timeout, 5xx, odd reply
+    │   ├── ServerError          an error answer, or one that is not a Nacos answer
+    │   │   └── ServerUnavailable    no answer: unreachable, timed out, 5xx or 429
     │   └── InstanceNotFound     no server holds this ip:port
     ├── WatcherError             one poll of a watcher failed (retried, never fatal)
     └── BudgetExhausted          the budget ran out before the drain was confirmed -> exit 4
@@ -38,6 +39,17 @@ class ServerError(RegistryError):
     def __init__(self, message: str, *, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+class ServerUnavailable(ServerError):
+    """A server gave no usable answer (unreachable, timed out, 5xx, 429): another member, or a later try, may.
+
+    ``timed_out`` marks a server that held a request for its whole cap: the cluster tries it last from then on.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None, timed_out: bool = False) -> None:
+        super().__init__(message, status=status)
+        self.timed_out = timed_out
 
 
 class InstanceNotFound(RegistryError):

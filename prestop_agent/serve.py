@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import hmac
 import ipaddress
-import json
 import os
 import selectors
 import signal
@@ -50,6 +49,7 @@ from prestop_agent.clock import Deadline, SystemClock
 from prestop_agent.config import Settings
 from prestop_agent.errors import BudgetExhausted, ConfigError, PrestopError, RegistryError
 from prestop_agent.logs import RunClock, Secrets
+from prestop_agent.nacos.model import format_endpoint
 from prestop_agent.source import Resolved, Source, parse_bool, parse_networks, parse_port
 
 log = structlog.get_logger(__name__)
@@ -547,7 +547,7 @@ class SidecarApp:
         return f"send the PRESTOP_SERVE_TOKEN value in the {self.config.token_header.value} header"
 
     def _respond(self, request: _Handler, status: int, body: dict[str, object], headers: dict[str, str]) -> None:
-        payload = self.secrets.scrub(json.dumps(body, default=str)).encode() + b"\n"
+        payload = self.secrets.dumps(body).encode() + b"\n"
         try:
             request.send_response(status)
             request.send_header("Content-Type", "application/json")
@@ -647,7 +647,7 @@ def run(service: Service, *, started: float) -> int:
         "serve_started",
         port=service.port,
         startup_ms=round((time.monotonic() - started) * 1000),
-        endpoint=f"{settings.pod_ip.value}:{settings.port.value}",
+        endpoint=format_endpoint(settings.pod_ip.value, settings.port.value),
         service=str(settings.key),
         budget_s=settings.budget.value,
         host_ip=settings.host_ip.value if settings.host_ip else None,

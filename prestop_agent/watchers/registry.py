@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from prestop_agent.clock import Clock, Deadline
-from prestop_agent.errors import AuthError, RegistryError, WatcherError
+from prestop_agent.errors import AuthError, WatcherError
 from prestop_agent.nacos.model import ServiceKey
 from prestop_agent.nacos.registry import Registry
 from prestop_agent.watchers.base import Observation, Verdict
@@ -30,26 +30,18 @@ class RegistryWatcher:
 
     def poll(self, now: float, timeout: float) -> Observation:
         deadline = Deadline.after(self.clock, timeout)
-        serving: list[str] = []
-        answered: list[str] = []
-        failed: list[str] = []
-        for server in self.registry.servers:
-            try:
-                served = self.registry.is_served(server, self.key, deadline)
-            except AuthError as exc:
-                raise WatcherError(str(exc)) from exc
-            except RegistryError as exc:
-                failed.append(f"{server}: {exc}")
-                continue
-            answered.append(str(server))
-            if served:
-                serving.append(str(server))
-        if not answered:
-            raise WatcherError("no Nacos server answered: " + "; ".join(failed))
-        details: dict[str, object] = {"answered": len(answered), "unreachable": len(failed)}
-        if serving:
+        try:
+            served = self.registry.served(self.key, deadline)
+        except AuthError as exc:
+            raise WatcherError(str(exc)) from exc
+        if not served.answered:
+            raise WatcherError("no Nacos server answered: " + "; ".join(served.failed))
+        details: dict[str, object] = {"answered": len(served.answered), "unreachable": len(served.failed)}
+        if served.skipped:
+            details["skipped_unresponsive"] = served.skipped
+        if served.serving:
             self._unserved_since = None
-            return Observation(Verdict.PRESENT, "still_served", {**details, "serving": serving})
+            return Observation(Verdict.PRESENT, "still_served", {**details, "serving": served.serving})
         if self._unserved_since is None:
             self._unserved_since = now
         left = self.consumer_cache_s - (now - self._unserved_since)
