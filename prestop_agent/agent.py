@@ -6,6 +6,7 @@ Nothing here reads the environment or exits the process: the CLI builds ``Settin
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -18,6 +19,7 @@ from prestop_agent.errors import (
     AuthError,
     BudgetExhausted,
     InstanceNotFound,
+    Interrupted,
     PrestopError,
     RegistryError,
 )
@@ -150,6 +152,39 @@ def run_deregister(settings: Settings, deps: Deps, *, wait: bool, dry_run: bool)
     )
     report = Report("deregister", "failed")
     try:
+        _deregister(settings, deps, registry, deadline, report, wait=wait, dry_run=dry_run)
+    except KeyboardInterrupt as exc:
+        raise _interrupted(exc, report) from None
+    log.info(
+        "deregister_finished",
+        outcome=report.outcome,
+        ok=report.ok,
+        watchers=report.data.get("watchers"),
+        error=str(report.error) if report.error else None,
+    )
+    return report
+
+
+def _interrupted(exc: KeyboardInterrupt, report: Report) -> Interrupted:
+    """What a signal left behind: a manual drain stopped after the write leaves the instance disabled."""
+    signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+    how = f"interrupted by {signal.Signals(signum).name}"
+    write = report.data.get("write")
+    where = f"{report.data.get('endpoint')} in {report.data.get('service')}"
+    if write is None:
+        message = f"{how} before anything was written"
+    elif write == "sent":
+        message = f"{how} while disabling {where}: it may be left disabled; run `prestop-agent register` to undo"
+    else:
+        message = f"{how}: {where} is left disabled; run `prestop-agent register` to put it back"
+    log.warning("deregister_interrupted", signal=signal.Signals(signum).name, write=write, message=message)
+    return Interrupted(signum, message)
+
+
+def _deregister(
+    settings: Settings, deps: Deps, registry: Registry, deadline: Deadline, report: Report, *, wait: bool, dry_run: bool
+) -> None:
+    try:
         located = _located(settings, registry, deadline)
         report.data.update(_instance_data(located))
         if dry_run:
@@ -157,9 +192,9 @@ def run_deregister(settings: Settings, deps: Deps, *, wait: bool, dry_run: bool)
             report.outcome = "dry_run"
             report.data["would"] = action
             log.info("dry_run", would=action, then="wait" if wait else "confirm")
-            return report
+            return
         run = _Run(settings, deps, registry, deadline)
-        _disable_and_confirm(run, located)
+        _disable_and_confirm(run, located, report)
         if wait:
             _wait_for_evidence(run, located, report)
         else:
@@ -171,14 +206,6 @@ def run_deregister(settings: Settings, deps: Deps, *, wait: bool, dry_run: bool)
             # Never worse than the sleep this replaces: keep the pod alive for the budget anyway.
             log.warning("waiting_out_budget", reason="registry_failed", remaining_s=round(deadline.remaining(), 3))
             deadline.sleep(deadline.remaining())
-    log.info(
-        "deregister_finished",
-        outcome=report.outcome,
-        ok=report.ok,
-        watchers=report.data.get("watchers"),
-        error=str(report.error) if report.error else None,
-    )
-    return report
 
 
 @dataclass(frozen=True)
@@ -189,12 +216,15 @@ class _Run:
     deadline: Deadline
 
 
-def _disable_and_confirm(run: _Run, located: Located) -> None:
+def _disable_and_confirm(run: _Run, located: Located, report: Report) -> None:
     settings, deps, registry, deadline = run.settings, run.deps, run.registry, run.deadline
     if located.instance.enabled:
+        report.data["write"] = "sent"
         server = registry.set_enabled(located, False, deadline)
+        report.data["write"] = "accepted"
         log.info("instance_disabled", server=server, service=str(located.key), endpoint=located.instance.endpoint)
     else:
+        report.data["write"] = "none: already disabled"
         log.info("instance_already_disabled", service=str(located.key), endpoint=located.instance.endpoint)
     # Proof, not the word "ok": no server may still serve it (consumer caches are the wait's business).
     proof = RegistryWatcher(registry, located.key, 0.0, deps.clock)

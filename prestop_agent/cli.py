@@ -10,12 +10,15 @@ Exit codes (the README repeats this table):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import ssl
 import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from types import FrameType
 from typing import Annotated
 
 import httpx
@@ -26,7 +29,7 @@ from prestop_agent import PROCESS_STARTED, __version__
 from prestop_agent.agent import Deps, Report, run_deregister, run_register, run_status
 from prestop_agent.clock import SystemClock
 from prestop_agent.config import Settings, load
-from prestop_agent.errors import BudgetExhausted, ConfigError, PrestopError, RegistryError
+from prestop_agent.errors import BudgetExhausted, ConfigError, Interrupted, PrestopError, RegistryError
 from prestop_agent.logs import RunClock, Secrets, configure, is_terminal, open_pid1_stdout
 from prestop_agent.source import Source
 
@@ -131,11 +134,34 @@ def _execute(
     started = _process_started if _process_started is not None else clock.monotonic()
     watchdog = _start_watchdog(watchdog_s(settings) - (clock.monotonic() - started))
     try:
-        report = _run_command(settings, command, clock, secrets, run, started, wait_out_on_crash=wait_out_on_crash)
+        with _interruptible():
+            report = _run_command(settings, command, clock, secrets, run, started, wait_out_on_crash=wait_out_on_crash)
         _print(report, json_out=json_out, secrets=secrets)
+    except KeyboardInterrupt as exc:
+        interrupted = exc if isinstance(exc, Interrupted) else Interrupted(signal.SIGINT)
+        typer.echo(secrets.net(f"prestop-agent: {interrupted.message}"), err=True)
+        raise typer.Exit(128 + interrupted.signum) from None
     finally:
         watchdog.cancel()
     raise typer.Exit(exit_code_for(report.error))
+
+
+@contextlib.contextmanager
+def _interruptible() -> Iterator[None]:
+    """SIGTERM and SIGINT raise ``Interrupted``, so a stopped manual run can say what it left behind."""
+
+    def interrupt(signum: int, _frame: FrameType | None) -> None:
+        raise Interrupted(signum, f"interrupted by {signal.Signals(signum).name}")
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _run_command(

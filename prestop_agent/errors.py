@@ -10,8 +10,11 @@
     ├── WatcherError             one poll of a watcher failed (retried, never fatal)
     └── BudgetExhausted          the budget ran out before the drain was confirmed -> exit 4
 
+    Interrupted                  SIGINT (Ctrl-C) or SIGTERM ended the run    -> exit 128 + signal: 130, 143
+
 Errors of dependencies (httpx, boto3, cloud SDKs) are converted where they enter,
 with ``raise ... from exc``. The CLI maps these classes to exit codes in one table.
+``Interrupted`` is a ``KeyboardInterrupt``, not a ``PrestopError``: no handler of errors may swallow it.
 """
 
 from __future__ import annotations
@@ -62,3 +65,12 @@ class WatcherError(PrestopError):
 
 class BudgetExhausted(PrestopError):
     """The budget ran out before every watcher said 'gone'."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A signal ended the run early; the message says what it left behind."""
+
+    def __init__(self, signum: int, message: str = "interrupted") -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.message = message
