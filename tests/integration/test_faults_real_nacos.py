@@ -92,7 +92,9 @@ def test_a_gateway_that_ignores_the_write_and_answers_junk_never_drains(
     budget = 6
     upstream = httpx.Client(base_url=f"http://{nacos.http_addr}", timeout=10.0)
     with upstream, faults.http_app(lying_gateway(upstream)) as gateway:
-        run = run_agent(["deregister", "--wait"], pod_env(nacos, grpc_instance, server_addr=gateway, budget=budget))
+        env = pod_env(nacos, grpc_instance, server_addr=gateway, budget=budget)
+        env["PRESTOP_WAIT_FOR"] = "registry"  # so that only the registry's evidence decides
+        run = run_agent(["deregister", "--wait"], env)
     assert run.returncode == 3, run.output
     assert "never shown to be unserved" in run.output, run.output
     finished = [e for e in events(run.stderr) if e.get("event") == "deregister_finished"]
