@@ -101,12 +101,12 @@ class ServeConfig:
 def load_config(src: Source, settings: Settings) -> ServeConfig:
     """The sidecar's settings; ConfigError (exit 2) for anything that would make it unsafe or useless."""
     port_raw = src.raw("PRESTOP_SERVE_PORT", flag="listen-port")
-    port = Resolved(DEFAULT_PORT, "default")
-    if port_raw is not None:
-        port = Resolved(parse_port(_name(port_raw), port_raw.value), port_raw.source)
+    port = (
+        port_raw.parsed(parse_port) if port_raw is not None else Resolved(DEFAULT_PORT, "default", "PRESTOP_SERVE_PORT")
+    )
     if port.value == settings.port.value:
         raise ConfigError(
-            f"{_name(port)}={port.value} is the app's service port ({_name(settings.port)}); "
+            f"{port.name}={port.value} is the app's service port ({settings.port.name}); "
             f"the sidecar must listen elsewhere: set PRESTOP_SERVE_PORT, e.g. {DEFAULT_PORT}"
         )
     bind = src.string("PRESTOP_SERVE_BIND", flag="bind", default="")
@@ -115,12 +115,12 @@ def load_config(src: Source, settings: Settings) -> ServeConfig:
             ipaddress.ip_address(bind.value)
         except ValueError:
             raise ConfigError(
-                f"{_name(bind)}={bind.value!r} is not an IP address; use 0.0.0.0, :: or the pod IP, or unset it"
+                f"{bind.name}={bind.value!r} is not an IP address; use 0.0.0.0, :: or the pod IP, or unset it"
             ) from None
     path = src.string("PRESTOP_SERVE_PRESTOP_PATH", flag="prestop-path", default="/prestop")
     if not path.value.startswith("/") or path.value in ("/status", "/register", "/healthz") or "?" in path.value:
         raise ConfigError(
-            f"{_name(path)}={path.value!r} must be a path starting with '/', without a query, "
+            f"{path.name}={path.value!r} must be a path starting with '/', without a query, "
             "and not /status, /register or /healthz"
         )
     token = src.raw("PRESTOP_SERVE_TOKEN")
@@ -165,10 +165,6 @@ def _allow_from(src: Source, has_token: bool) -> tuple[bool, tuple[ipaddress.IPv
         example="e.g. 10.244.1.1,10.0.0.0/24, or 'any' with PRESTOP_SERVE_TOKEN",
     )
     return False, networks
-
-
-def _name(found: Resolved[Any]) -> str:
-    return found.source.removeprefix("env ")
 
 
 # -- logging per thread ----------------------------------------------------------------------------

@@ -93,10 +93,6 @@ def _require_sdk() -> None:
         raise ConfigError(MISSING_SDK) from None
 
 
-def _name(source: str) -> str:
-    return source.removeprefix("env ")
-
-
 def load_config(src: Source) -> AliyunAlbConfig:
     _require_sdk()
     sources: dict[str, str] = {}
@@ -110,8 +106,7 @@ def load_config(src: Source) -> AliyunAlbConfig:
     for group in groups.value:
         if _GROUP_ID.match(group) is None:
             raise ConfigError(
-                f"{_name(groups.source)} has {group!r}, "
-                "which is not a server group ID; use IDs such as sgp-0a1b2c3d4e5f6g7h"
+                f"{groups.name} has {group!r}, which is not a server group ID; use IDs such as sgp-0a1b2c3d4e5f6g7h"
             )
     sources["server_group_ids"] = groups.source
 
@@ -119,13 +114,13 @@ def load_config(src: Source) -> AliyunAlbConfig:
     if region is None:
         raise ConfigError(f"{ENV_REGION} is not set; set it to the region of the ALB, such as cn-hangzhou")
     if _REGION.match(region.value) is None:
-        raise ConfigError(f"{_name(region.source)}={region.value!r} is not a region ID; use one such as cn-hangzhou")
+        raise ConfigError(f"{region.name}={region.value!r} is not a region ID; use one such as cn-hangzhou")
     sources["region"] = region.source
 
     target_port: int | None = None
     port = src.raw(ENV_TARGET_PORT)
     if port is not None:
-        target_port = parse_port(_name(port.source), port.value)
+        target_port = port.parsed(parse_port).value
         sources["target_port"] = port.source
 
     wait = src.boolean(ENV_WAIT_REMOVED, default=False)
@@ -138,7 +133,7 @@ def load_config(src: Source) -> AliyunAlbConfig:
         match = _ENDPOINT.match(given.value)
         if match is None:
             raise ConfigError(
-                f"{_name(given.source)}={given.value!r} is not an endpoint; "
+                f"{given.name}={given.value!r} is not an endpoint; "
                 "set it to a host such as alb-vpc.cn-hangzhou.aliyuncs.com, or unset it"
             )
         endpoint = match["host"]

@@ -114,14 +114,13 @@ def load_config(src: Source) -> AwsAlbConfig:
             f"{ENV_TARGET_GROUP_ARNS} is not set; set it to the ARNs of the target groups "
             "that route to this pod (comma-separated)"
         )
-    origin = arns.source.removeprefix("env ")
-    groups = tuple(dict.fromkeys(parse_target_group_arn(origin, arn) for arn in arns.value))
+    groups = tuple(dict.fromkeys(parse_target_group_arn(arns.name, arn) for arn in arns.value))
     sources["target_groups"] = arns.source
 
     target_port: int | None = None
     port = src.raw(ENV_TARGET_PORT)
     if port is not None:
-        target_port = parse_port(port.source.removeprefix("env "), port.value)
+        target_port = port.parsed(parse_port).value
         sources["target_port"] = port.source
 
     wait = src.boolean(ENV_WAIT_DEREGISTERED, default=False)
@@ -132,7 +131,7 @@ def load_config(src: Source) -> AwsAlbConfig:
     if endpoint is not None:
         if _ENDPOINT.match(endpoint.value) is None:
             raise ConfigError(
-                f"{endpoint.source.removeprefix('env ')}={endpoint.value!r} is not an http(s) URL; "
+                f"{endpoint.name}={endpoint.value!r} is not an http(s) URL; "
                 "set it to a URL such as https://elasticloadbalancing.us-east-1.amazonaws.com or unset it"
             )
         endpoint_url = endpoint.value

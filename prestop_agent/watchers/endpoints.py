@@ -83,7 +83,7 @@ def load_config(src: Source) -> EndpointsConfig:
     sa_dir = src.string("PRESTOP_KUBE_SA_DIR", default=DEFAULT_SA_DIR).value
     namespace = src.raw("PRESTOP_KUBE_NAMESPACE", "POD_NAMESPACE")
     if namespace is not None:
-        _check_namespace(namespace.source.removeprefix("env "), namespace.value)
+        _check_namespace(namespace.name, namespace.value)
     services = src.items("PRESTOP_ENDPOINTS_SERVICES")
     if services is not None:
         for service in services.value:
