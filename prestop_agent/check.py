@@ -49,12 +49,12 @@ from typing import Any
 import yaml
 
 from prestop_agent.config import (
-    DEFAULT_CONSUMER_CACHE_SECONDS,
     DEFAULT_GRACE_SECONDS,
     DEFAULT_SHUTDOWN_RESERVE_SECONDS,
     DEFAULT_WAIT_FOR,
 )
 from prestop_agent.errors import ConfigError
+from prestop_agent.watchers.registry import DEFAULT_CONSUMER_CACHE_SECONDS
 from prestop_agent.watchers.traffic import DEFAULT_QUIET_SECONDS
 
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet")

@@ -10,12 +10,12 @@ from typing import Any
 from prestop_agent.errors import ConfigError
 from prestop_agent.nacos.model import ServerAddress, ServiceKey, parse_server_addresses
 from prestop_agent.source import Resolved, Source, parse_ip, parse_port
-from prestop_agent.watchers import catalog
+from prestop_agent.watchers import catalog, registry
+from prestop_agent.watchers.base import WatcherConfig
 
 API_CHOICES = ("auto", "v1", "v2", "v3")
 DEFAULT_GRACE_SECONDS = 30.0
 DEFAULT_SHUTDOWN_RESERVE_SECONDS = 10.0
-DEFAULT_CONSUMER_CACHE_SECONDS = 35.0
 DEFAULT_REGISTER_TIMEOUT_SECONDS = 120.0
 # Registry proof plus direct evidence of traffic: with the traffic watcher on, the consumer-cache
 # allowance is not needed as a proxy (it defaults to 0); without it, 35 s covers the caches.
@@ -50,7 +50,7 @@ class Settings:
     ca_bundle: Resolved[str] | None
     log_to_pid1: Resolved[str]
     wait_for: Resolved[tuple[str, ...]]
-    watcher_configs: Mapping[str, object] = field(default_factory=dict)
+    watcher_configs: Mapping[str, WatcherConfig] = field(default_factory=dict)
 
     @property
     def key(self) -> ServiceKey:
@@ -146,7 +146,7 @@ def load(src: Source) -> Settings:
     )
     if not wait_for.value:
         raise ConfigError(f"{wait_for.name} is empty; name at least one watcher, e.g. registry")
-    wait_names = tuple(dict.fromkeys(w.lower() for w in wait_for.value))
+    wait_names = catalog.watcher_names(wait_for.value)
     watcher_configs = catalog.load_configs(wait_names, src, wait_for.name)
     log_to_pid1 = src.string("PRESTOP_LOG_TO_PID1", default="auto")
     if log_to_pid1.value.lower() not in ("auto", "true", "false"):
@@ -171,11 +171,7 @@ def load(src: Source) -> Settings:
         password=password,
         api=api,
         budget=_budget(src),
-        consumer_cache=src.seconds(
-            "PRESTOP_CONSUMER_CACHE_SECONDS",
-            flag="consumer-cache",
-            default=0.0 if "traffic" in wait_names else DEFAULT_CONSUMER_CACHE_SECONDS,
-        ),
+        consumer_cache=registry.consumer_cache(src, wait_names),
         register_timeout=(
             src.seconds(
                 "PRESTOP_REGISTER_TIMEOUT_SECONDS",

@@ -33,8 +33,7 @@ token from STS runs under the credentials library's own timeouts.
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -42,7 +41,7 @@ import structlog
 
 from prestop_agent.errors import ConfigError, WatcherError
 from prestop_agent.source import Source, parse_port
-from prestop_agent.watchers.base import Observation, PodTarget, Verdict, Watcher
+from prestop_agent.watchers.base import Observation, PodTarget, Verdict, WatchContext
 
 NAME = "aliyun-alb"
 
@@ -82,6 +81,9 @@ class AliyunAlbConfig:
     protocol: str = "HTTPS"
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)  # setting -> where it came from
 
+    def build(self, context: WatchContext) -> AliyunAlbWatcher:
+        return AliyunAlbWatcher(self, context.target, client=make_client(self), monotonic=context.clock.monotonic)
+
 
 def _require_sdk() -> None:
     try:
@@ -93,7 +95,7 @@ def _require_sdk() -> None:
         raise ConfigError(MISSING_SDK) from None
 
 
-def load_config(src: Source) -> AliyunAlbConfig:
+def load_config(src: Source, watched: Collection[str] = ()) -> AliyunAlbConfig:
     _require_sdk()
     sources: dict[str, str] = {}
 
@@ -184,7 +186,7 @@ class AliyunAlbWatcher:
         target: PodTarget,
         *,
         client: AlbClient,
-        monotonic: Callable[[], float] = time.monotonic,
+        monotonic: Callable[[], float],
     ) -> None:
         self._config = config
         self._ip = target.pod_ip
@@ -195,6 +197,9 @@ class AliyunAlbWatcher:
     @property
     def name(self) -> str:
         return NAME
+
+    def close(self) -> None:
+        """Nothing to release: the SDK client keeps no connection open between requests."""
 
     def poll(self, now: float, timeout: float) -> Observation:
         ends = self._monotonic() + max(0.0, timeout)
@@ -296,7 +301,3 @@ def _convert(exc: Exception, group: str) -> WatcherError:  # noqa: PLR0911 - one
     if isinstance(exc, UnretryableException):
         return WatcherError(f"{where}: endpoint unreachable or bad answer: {text}")
     return WatcherError(f"{where}: unexpected {type(cause).__name__}: {text}")
-
-
-def build(config: AliyunAlbConfig, target: PodTarget) -> Watcher:
-    return AliyunAlbWatcher(config, target, client=make_client(config))

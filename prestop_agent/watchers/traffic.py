@@ -56,7 +56,7 @@ import ipaddress
 import os
 import socket
 import struct
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -64,7 +64,7 @@ import structlog
 
 from prestop_agent.errors import ConfigError, WatcherError
 from prestop_agent.source import Source, parse_networks, parse_port
-from prestop_agent.watchers.base import Observation, PodTarget, Verdict, Watcher
+from prestop_agent.watchers.base import Observation, PodTarget, Verdict, WatchContext
 
 NAME = "traffic"
 
@@ -106,8 +106,16 @@ class TrafficConfig:
     ignore_host: bool = True
     source: str = "auto"
 
+    def build(self, context: WatchContext) -> TrafficWatcher:
+        tables: list[SocketTable] = []
+        if self.source == "sock_diag" or (self.source == "auto" and self.proc_root == DEFAULT_PROC_ROOT):
+            tables.append(SockDiagTable())
+        if self.source != "sock_diag":
+            tables.append(ProcNetTable(self.proc_root))
+        return TrafficWatcher(self, context.target, tables=tables, counters=lambda: read_snmp_tcp(self.proc_root))
 
-def load_config(src: Source) -> TrafficConfig:
+
+def load_config(src: Source, watched: Collection[str] = ()) -> TrafficConfig:
     quiet = src.seconds("PRESTOP_QUIET_SECONDS", flag="quiet-seconds", default=DEFAULT_QUIET_SECONDS, minimum=0.1)
     root = src.string("PRESTOP_PROC_ROOT", default=DEFAULT_PROC_ROOT)
     ports: list[int] = []
@@ -135,15 +143,6 @@ def load_config(src: Source) -> TrafficConfig:
         ignore_host=src.boolean("PRESTOP_TRAFFIC_IGNORE_HOST", default=True).value,
         source=mode.value.lower(),
     )
-
-
-def build(config: TrafficConfig, target: PodTarget) -> Watcher:
-    tables: list[SocketTable] = []
-    if config.source == "sock_diag" or (config.source == "auto" and config.proc_root == DEFAULT_PROC_ROOT):
-        tables.append(SockDiagTable())
-    if config.source != "sock_diag":
-        tables.append(ProcNetTable(config.proc_root))
-    return TrafficWatcher(config, target, tables=tables, counters=lambda: read_snmp_tcp(config.proc_root))
 
 
 # --------------------------------------------------------------------------- sockets
@@ -445,6 +444,9 @@ class TrafficWatcher:
     @property
     def source(self) -> str:
         return self._tables[0].source
+
+    def close(self) -> None:
+        """Nothing to release: each poll opens and closes its own netlink socket."""
 
     def _read(self, timeout: float) -> list[Conn]:
         while True:

@@ -39,7 +39,7 @@ from prestop_agent.serve import (
     status_code_for,
 )
 from prestop_agent.source import Resolved, Source
-from tests.unit.fakes import FakeInstance, FakeNacos
+from tests.fakes import FakeInstance, FakeNacos
 
 ENV = {
     "POD_IP": "10.0.0.7",

@@ -36,6 +36,7 @@ from prestop_agent.watchers.traffic import (
     parse_proc_net_tcp,
     parse_snmp_tcp,
 )
+from tests.fakes import watch_context
 
 POD = "10.1.2.3"
 NODE = "192.168.0.7"
@@ -107,13 +108,13 @@ def test_bad_settings_name_the_variable_and_value(env: dict[str, str], names: li
 
 
 def test_build_picks_the_sources() -> None:
-    auto = traffic.build(TrafficConfig(), TARGET)
+    auto = TrafficConfig().build(watch_context(TARGET))
     assert isinstance(auto, TrafficWatcher)
     assert auto.source == "sock_diag"
-    elsewhere = traffic.build(TrafficConfig(proc_root="/somewhere"), TARGET)
+    elsewhere = TrafficConfig(proc_root="/somewhere").build(watch_context(TARGET))
     assert isinstance(elsewhere, TrafficWatcher)
     assert elsewhere.source == "proc"
-    forced = traffic.build(TrafficConfig(source="proc"), TARGET)
+    forced = TrafficConfig(source="proc").build(watch_context(TARGET))
     assert isinstance(forced, TrafficWatcher)
     assert forced.source == "proc"
     assert auto.name == traffic.NAME == "traffic"
@@ -307,7 +308,7 @@ def proc_watcher(proc: FakeProc, **overrides: object) -> TrafficWatcher:
     config = TrafficConfig(quiet_seconds=10.0, proc_root=str(proc.root), source="proc")
     for key, value in overrides.items():
         object.__setattr__(config, key, value)
-    watcher = traffic.build(config, TARGET)
+    watcher = config.build(watch_context(TARGET))
     assert isinstance(watcher, TrafficWatcher)
     return watcher
 
@@ -470,7 +471,7 @@ def test_ignore_switches_and_extra_networks(proc: FakeProc) -> None:
             }
         )
     )
-    watcher = traffic.build(config, TARGET)
+    watcher = config.build(watch_context(TARGET))
     seen = watcher.poll(100.0, 1.0)
     assert seen.details["peers"] == ["127.0.0.1", NODE]
     assert seen.details["ignored_connections"] == 1
@@ -729,7 +730,7 @@ def poll_until_gone(watcher: TrafficWatcher, limit: float = 3.0) -> tuple[list[V
 
 def real_watcher(port: int, *, source: str = "sock_diag", ignore_loopback: bool = False) -> TrafficWatcher:
     config = TrafficConfig(quiet_seconds=QUIET, source=source, ignore_loopback=ignore_loopback)
-    watcher = traffic.build(config, PodTarget(pod_ip="127.0.0.1", port=port, host_ip=None))
+    watcher = config.build(watch_context(PodTarget(pod_ip="127.0.0.1", port=port, host_ip=None)))
     assert isinstance(watcher, TrafficWatcher)
     return watcher
 
