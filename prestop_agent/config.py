@@ -188,6 +188,13 @@ def load(src: Source) -> Settings:
     )
 
 
+def default_budget(grace: float | None, reserve: float | None) -> float:
+    """The budget when none is set: the grace period minus the shutdown reserve, each at its default if unset."""
+    grace_s = DEFAULT_GRACE_SECONDS if grace is None else grace
+    reserve_s = DEFAULT_SHUTDOWN_RESERVE_SECONDS if reserve is None else reserve
+    return grace_s - reserve_s
+
+
 def _budget(src: Source) -> Resolved[float]:
     budget = src.optional_seconds("PRESTOP_BUDGET_SECONDS", flag="budget", minimum=0.1)
     grace = src.optional_seconds("PRESTOP_GRACE_SECONDS", flag="grace", minimum=0.1)
@@ -201,10 +208,11 @@ def _budget(src: Source) -> Resolved[float]:
                 "the pod mid-wait: lower the budget or raise terminationGracePeriodSeconds"
             )
         return budget
-    if reserve_s >= grace_s:
+    budget_s = default_budget(grace.value if grace else None, reserve.value if reserve else None)
+    if budget_s <= 0:
         raise ConfigError(
             f"PRESTOP_SHUTDOWN_RESERVE_SECONDS={reserve_s:g} leaves no time within PRESTOP_GRACE_SECONDS={grace_s:g}; "
             "raise the grace period or lower the reserve"
         )
     origin = "default" if grace is None and reserve is None else "grace - shutdown reserve"
-    return Resolved(grace_s - reserve_s, origin, "PRESTOP_BUDGET_SECONDS")
+    return Resolved(budget_s, origin, "PRESTOP_BUDGET_SECONDS")
