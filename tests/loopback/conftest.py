@@ -1,4 +1,4 @@
-"""Fixtures shared by the unit tests."""
+"""Fixtures of the tests that open real sockets or start processes on this machine (no Java, no Nacos)."""
 
 from __future__ import annotations
 
