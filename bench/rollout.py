@@ -270,10 +270,10 @@ def nacos_server(existing: str | None, major: str) -> Iterator[Nacos]:
         return
     sys.path.insert(0, str(REPO))
     try:
-        from localnacos.harness import NacosServer
+        from localnacos.server import NacosServer
     except ImportError as exc:
         raise RuntimeError(
-            "the localnacos harness (localnacos/harness.py) is not available; "
+            "the localnacos harness (localnacos/) is not available; "
             "pass --nacos HOST:PORT to use a running Nacos 2.x/3.x server"
         ) from exc
     with NacosServer(int(major)) as server:

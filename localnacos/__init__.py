@@ -1,6 +1,6 @@
 """Real Nacos servers and registering clients, started locally for integration tests and the demo."""
 
-from localnacos.harness import (
+from localnacos.server import (
     ADMIN_PASSWORD,
     ADMIN_USERNAME,
     CLIENT_VERSIONS,

@@ -15,7 +15,7 @@ import threading
 import time
 from types import FrameType
 
-from localnacos.harness import HarnessError, JavaInstance, NacosServer
+from localnacos.server import HarnessError, JavaInstance, NacosServer
 
 DEMO_SERVICE = "demo-provider"
 DEMO_IP = "127.0.0.1"
