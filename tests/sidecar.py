@@ -1,8 +1,12 @@
-"""The sidecar's test settings and the production runner, for its unit and loopback tests."""
+"""The sidecar's test settings, the production runner and small helpers, for its unit and loopback tests."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+
+import httpx
+import respx
 
 from prestop_agent.agent import Deps, Report
 from prestop_agent.cli import _run_command
@@ -11,6 +15,7 @@ from prestop_agent.config import Settings, load
 from prestop_agent.logs import Secrets
 from prestop_agent.serve.operations import ThreadRunClock
 from prestop_agent.source import Source
+from tests.fakes import FakeNacos
 
 ENV = {
     "POD_IP": "10.0.0.7",
@@ -40,3 +45,16 @@ def real_runner(settings: Settings) -> Runner:
         return _run_command(settings, command, clock, secrets, run, started, wait_out_on_crash=wait)
 
     return runner
+
+
+def nacos_router(nacos: FakeNacos | Callable[[httpx.Request], httpx.Response]) -> respx.MockRouter:
+    router = respx.mock(assert_all_called=False)
+    router.route(host="nacos-a").mock(side_effect=nacos)
+    return router
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, "condition not reached"
+        time.sleep(0.01)

@@ -18,7 +18,6 @@ from dataclasses import replace
 
 import httpx
 import pytest
-import respx
 from structlog.testing import capture_logs
 
 from prestop_agent.agent import Deps, Report
@@ -31,7 +30,7 @@ from prestop_agent.serve.routes import Routes
 from prestop_agent.serve.settings import load_config
 from prestop_agent.source import Resolved, Source
 from tests.fakes import FakeInstance, FakeNacos
-from tests.sidecar import ENV, TOKEN, Runner, real_runner, settings_for
+from tests.sidecar import ENV, TOKEN, Runner, nacos_router, real_runner, settings_for, wait_for
 
 
 @contextmanager
@@ -69,19 +68,6 @@ def call(
         return response.status, body, dict(response.getheaders())
     finally:
         conn.close()
-
-
-def nacos_router(nacos: FakeNacos | Callable[[httpx.Request], httpx.Response]) -> respx.MockRouter:
-    router = respx.mock(assert_all_called=False)
-    router.route(host="nacos-a").mock(side_effect=nacos)
-    return router
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    end = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < end, "condition not reached"
-        time.sleep(0.01)
 
 
 def test_prestop_drains_then_answers_the_same_result_again() -> None:

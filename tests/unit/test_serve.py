@@ -5,11 +5,8 @@ from __future__ import annotations
 import ipaddress
 import threading
 import time
-from collections.abc import Callable
 
-import httpx
 import pytest
-import respx
 from structlog.testing import capture_logs
 from typer.testing import CliRunner
 
@@ -22,20 +19,7 @@ from prestop_agent.serve.routes import source_allowed, status_code_for
 from prestop_agent.serve.settings import load_config
 from prestop_agent.source import Source
 from tests.fakes import FakeInstance, FakeNacos
-from tests.sidecar import ENV, TOKEN, real_runner, settings_for
-
-
-def nacos_router(nacos: FakeNacos | Callable[[httpx.Request], httpx.Response]) -> respx.MockRouter:
-    router = respx.mock(assert_all_called=False)
-    router.route(host="nacos-a").mock(side_effect=nacos)
-    return router
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    end = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < end, "condition not reached"
-        time.sleep(0.01)
+from tests.sidecar import ENV, TOKEN, nacos_router, real_runner, settings_for, wait_for
 
 
 def test_a_drain_cancels_a_waiting_register() -> None:
