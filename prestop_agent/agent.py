@@ -6,8 +6,8 @@ Nothing here reads the environment or exits the process: the CLI builds ``Settin
 
 from __future__ import annotations
 
+import contextlib
 import signal
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
@@ -29,7 +29,7 @@ from prestop_agent.nacos.registry import Located, Registry
 from prestop_agent.nacos.server import Credentials, NacosServer
 from prestop_agent.wait import wait_until_gone
 from prestop_agent.watchers import catalog
-from prestop_agent.watchers.base import PodTarget, Verdict, Watcher
+from prestop_agent.watchers.base import PodTarget, Verdict, WatchContext
 from prestop_agent.watchers.registry import RegistryWatcher
 
 log = structlog.get_logger(__name__)
@@ -43,7 +43,6 @@ class Deps:
     http: httpx.Client
     secrets: Secrets = field(default_factory=Secrets)
     run: RunClock = field(default_factory=RunClock)
-    build_watcher: Callable[[str, object, PodTarget], Watcher] = catalog.build
     started: float | None = None  # when the process started, on ``clock``; None: now
 
     def deadline(self, seconds: float) -> Deadline:
@@ -239,17 +238,11 @@ def _disable_and_confirm(run: _Run, located: Located, report: Report) -> None:
     log.info("instance_unserved", service=str(located.key), endpoint=located.instance.endpoint)
 
 
-def _watcher(name: str, settings: Settings, deps: Deps, registry: Registry, key: ServiceKey) -> Watcher:
-    """A configured watcher; the registry one shares the run's Nacos connection and service key."""
-    if name == catalog.REGISTRY:
-        return RegistryWatcher(registry, key, settings.consumer_cache.value, deps.clock)
-    return deps.build_watcher(name, settings.watcher_configs[name], target_of(settings))
-
-
 def _wait_for_evidence(run: _Run, located: Located, report: Report) -> None:
-    settings, deps, registry, deadline = run.settings, run.deps, run.registry, run.deadline
-    watchers = [_watcher(name, settings, deps, registry, located.key) for name in settings.wait_for.value]
-    done, results = wait_until_gone(watchers, deadline, request_timeout=settings.request_timeout.value)
+    settings, deadline = run.settings, run.deadline
+    context = WatchContext(target_of(settings), run.deps.clock, run.registry, located.key)
+    with catalog.built(settings.watcher_configs.values(), context) as watchers:
+        done, results = wait_until_gone(watchers, deadline, request_timeout=settings.request_timeout.value)
     report.data["watchers"] = {r.name: r.as_dict() for r in results}
     if done:
         report.outcome = "drained"
@@ -358,11 +351,12 @@ def run_status(settings: Settings, deps: Deps) -> Report:
 def _watcher_verdicts(
     settings: Settings, deps: Deps, registry: Registry, key: ServiceKey, deadline: Deadline
 ) -> dict[str, object]:
+    context = WatchContext(target_of(settings), deps.clock, registry, key)
     verdicts: dict[str, object] = {}
-    for name in settings.wait_for.value:
+    for name, config in settings.watcher_configs.items():
         try:
-            watcher = _watcher(name, settings, deps, registry, key)
-            obs = watcher.poll(deps.clock.monotonic(), deadline.cap(settings.request_timeout.value))
+            with contextlib.closing(config.build(context)) as watcher:
+                obs = watcher.poll(deps.clock.monotonic(), deadline.cap(settings.request_timeout.value))
             verdicts[name] = {"verdict": obs.verdict.value, "reason": obs.reason, **dict(obs.details)}
         except PrestopError as exc:
             verdicts[name] = {"verdict": Verdict.UNKNOWN.value, "reason": "error", "error": str(exc)}

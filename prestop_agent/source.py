@@ -10,21 +10,31 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from prestop_agent.errors import ConfigError
 
 T = TypeVar("T")
+U = TypeVar("U")
 
 
 @dataclass(frozen=True)
 class Resolved(Generic[T]):
-    """A value and the name of the source that supplied it (``--flag``, ``env NAME``, ``default``)."""
+    """A value, the source that supplied it (``--flag``, ``env NAME``, ``default``), and the name a message shows.
+
+    ``name`` is the flag or variable that supplied the value; for a default, the setting's own
+    variable, so that an error about it names what to set.
+    """
 
     value: T
     source: str
+    name: str = ""
+
+    def parsed(self, parse: Callable[[str, T], U]) -> Resolved[U]:
+        """The value through ``parse(name, value)``, which raises ConfigError naming this setting."""
+        return Resolved(parse(self.name, self.value), self.source, self.name)
 
 
 class Source:
@@ -42,43 +52,42 @@ class Source:
         if flag is not None:
             value = self._flags.get(flag)
             if value is not None and str(value).strip() != "":
-                return Resolved(str(value).strip() if strip else str(value), f"--{flag}")
+                return Resolved(str(value).strip() if strip else str(value), f"--{flag}", f"--{flag}")
         for name in names:
             value = self._environ.get(name)
             if value is not None and value.strip() != "":
-                return Resolved(value.strip() if strip else value, f"env {name}")
+                return Resolved(value.strip() if strip else value, f"env {name}", name)
         return None
 
     def string(self, *names: str, flag: str | None = None, default: str) -> Resolved[str]:
-        return self.raw(*names, flag=flag) or Resolved(default, "default")
+        return self.raw(*names, flag=flag) or _default(default, names, flag)
 
     def optional_seconds(self, *names: str, flag: str | None = None, minimum: float = 0.0) -> Resolved[float] | None:
         found = self.raw(*names, flag=flag)
         if found is None:
             return None
-        return Resolved(parse_seconds(_origin(found), found.value, minimum=minimum), found.source)
+        return found.parsed(lambda name, value: parse_seconds(name, value, minimum=minimum))
 
     def seconds(self, *names: str, flag: str | None = None, default: float, minimum: float = 0.0) -> Resolved[float]:
-        return self.optional_seconds(*names, flag=flag, minimum=minimum) or Resolved(default, "default")
+        return self.optional_seconds(*names, flag=flag, minimum=minimum) or _default(default, names, flag)
 
     def boolean(self, *names: str, flag: str | None = None, default: bool) -> Resolved[bool]:
         found = self.raw(*names, flag=flag)
         if found is None:
-            return Resolved(default, "default")
-        return Resolved(parse_bool(_origin(found), found.value), found.source)
+            return _default(default, names, flag)
+        return found.parsed(parse_bool)
 
     def items(self, *names: str, flag: str | None = None) -> Resolved[tuple[str, ...]] | None:
         """A comma-separated list, blanks dropped."""
         found = self.raw(*names, flag=flag)
         if found is None:
             return None
-        parts = tuple(p.strip() for p in found.value.split(",") if p.strip())
-        return Resolved(parts, found.source)
+        return found.parsed(lambda _name, value: tuple(p.strip() for p in value.split(",") if p.strip()))
 
 
-def _origin(found: Resolved[str]) -> str:
-    """The name to show in an error: the flag or the variable that supplied the value."""
-    return found.source.removeprefix("env ")
+def _default(value: T, names: tuple[str, ...], flag: str | None) -> Resolved[T]:
+    """A default, named after the setting's first variable (or its flag): what a message tells the user to set."""
+    return Resolved(value, "default", names[0] if names else f"--{flag}" if flag else "")
 
 
 # Plain ASCII digits only: int() and float() also take "8_080", "+8080" and full-width digits.

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from localnacos import HarnessError, JavaInstance, NacosServer
+from localnacos import HarnessError, JavaInstance, NacosProcess
 from tests import faults
 from tests.integration.conftest import next_address, unavailable
 from tests.integration.test_agent_real_nacos import enabled_on_server, pod_env, run_agent, served, wait_served
@@ -25,7 +25,7 @@ def events(stderr: str) -> list[dict[str, object]]:
 # -- defect: a hung first member stopped the drain --------------------------------------------------
 
 
-def test_a_hung_first_member_with_default_settings(nacos: NacosServer, grpc_instance: JavaInstance) -> None:
+def test_a_hung_first_member_with_default_settings(nacos: NacosProcess, grpc_instance: JavaInstance) -> None:
     """The issue's case: default budget (20 s) and request timeout (5 s), the first member never answers."""
     wait_served(nacos, grpc_instance, True)
     with faults.silent() as hung:
@@ -39,7 +39,7 @@ def test_a_hung_first_member_with_default_settings(nacos: NacosServer, grpc_inst
 
 
 def test_hung_dripping_and_syn_dropping_members_before_the_real_one(
-    nacos: NacosServer, grpc_instance: JavaInstance
+    nacos: NacosProcess, grpc_instance: JavaInstance
 ) -> None:
     wait_served(nacos, grpc_instance, True)
     budget = 20
@@ -86,7 +86,7 @@ def lying_gateway(upstream: httpx.Client) -> faults.App:
 
 
 def test_a_gateway_that_ignores_the_write_and_answers_junk_never_drains(
-    nacos: NacosServer, grpc_instance: JavaInstance
+    nacos: NacosProcess, grpc_instance: JavaInstance
 ) -> None:
     wait_served(nacos, grpc_instance, True)
     budget = 6
@@ -110,7 +110,7 @@ _v6 = itertools.count(0x10)
 
 
 @pytest.fixture(params=["bracketed-uncompressed", "upper-case"])
-def ipv6_instance(nacos: NacosServer, request: pytest.FixtureRequest) -> Iterator[tuple[JavaInstance, str]]:
+def ipv6_instance(nacos: NacosProcess, request: pytest.FixtureRequest) -> Iterator[tuple[JavaInstance, str]]:
     """An instance registered over gRPC with the text a client of that kind sends, and the pod's POD_IP."""
     n = next(_v6)
     _, port = next_address()
@@ -128,7 +128,7 @@ def ipv6_instance(nacos: NacosServer, request: pytest.FixtureRequest) -> Iterato
 
 
 def test_ipv6_instances_are_found_and_drained_whatever_text_they_were_registered_with(
-    nacos: NacosServer, ipv6_instance: tuple[JavaInstance, str]
+    nacos: NacosProcess, ipv6_instance: tuple[JavaInstance, str]
 ) -> None:
     instance, pod_ip = ipv6_instance
     wait_served(nacos, instance, True)
@@ -150,7 +150,7 @@ LONG_POD = "payment-reconciliation-service-eu-west-production-7d9c8b6fx2x9k"  # 
 
 @pytest.mark.parametrize("hostname", [LONG_POD, "payments"], ids=["truncated-deployment-pod", "no-workload-name"])
 def test_a_pod_name_without_the_service_finds_the_instance_by_ip_and_port(
-    nacos: NacosServer, grpc_instance: JavaInstance, hostname: str
+    nacos: NacosProcess, grpc_instance: JavaInstance, hostname: str
 ) -> None:
     wait_served(nacos, grpc_instance, True)
     env = pod_env(nacos, grpc_instance, service=None, hostname=hostname)

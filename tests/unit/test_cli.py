@@ -19,7 +19,7 @@ from prestop_agent.errors import (
     ServerError,
     WatcherError,
 )
-from tests.unit.fakes import FakeInstance, FakeNacos
+from tests.fakes import FakeInstance, FakeNacos
 
 ENV = {
     "POD_IP": "10.0.0.7",

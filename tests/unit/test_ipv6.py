@@ -10,7 +10,7 @@ from structlog.testing import capture_logs
 from prestop_agent.agent import Deps, run_deregister
 from prestop_agent.config import load
 from prestop_agent.source import Source
-from tests.unit.fakes import FakeClock, FakeInstance, FakeNacos
+from tests.fakes import FakeClock, FakeInstance, FakeNacos
 
 # As clients register them: Spring Cloud Alibaba with ipType=IPv6 sends Java's bracketed, uncompressed
 # text; other clients send upper case; some send the address with its zone.

@@ -13,7 +13,7 @@ from prestop_agent.agent import Deps, run_deregister, run_status
 from prestop_agent.config import Settings, load
 from prestop_agent.errors import InstanceNotFound, RegistryError
 from prestop_agent.source import Source
-from tests.unit.fakes import FakeClock, FakeInstance, FakeNacos
+from tests.fakes import FakeClock, FakeInstance, FakeNacos
 
 ENV = {
     "POD_IP": "10.0.0.7",

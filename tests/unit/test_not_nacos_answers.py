@@ -16,7 +16,7 @@ from prestop_agent.nacos.api import APIS
 from prestop_agent.nacos.model import ServerAddress, ServiceKey
 from prestop_agent.nacos.server import NacosServer
 from prestop_agent.source import Source
-from tests.unit.fakes import FakeClock, FakeInstance, FakeNacos
+from tests.fakes import FakeClock, FakeInstance, FakeNacos
 
 KEY = ServiceKey("public", "DEFAULT_GROUP", "orders")
 

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests import faults
-from tests.unit.fakes import FakeInstance, FakeNacos
+from tests.fakes import FakeInstance, FakeNacos
 
 
 def agent_env(server_addr: str, **extra: str) -> dict[str, str]:

@@ -8,6 +8,7 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from prestop_agent.source import Source
 from prestop_agent.watchers import endpoints
 from prestop_agent.watchers.base import PodTarget, Verdict
 from prestop_agent.watchers.endpoints import EndpointsConfig, EndpointsWatcher, load_config
+from tests.fakes import watch_context
 
 NS = "shop"
 POD_IP = "10.244.1.17"
@@ -191,7 +193,7 @@ def running(sa_dir: Path) -> Iterator[Running]:
 
 def watcher_for(running: Running, **env: str) -> EndpointsWatcher:
     config = load_config(Source({"PRESTOP_KUBE_API": running.url, "PRESTOP_KUBE_SA_DIR": str(running.sa_dir), **env}))
-    watcher = endpoints.build(config, TARGET)
+    watcher = config.build(watch_context(TARGET))
     assert isinstance(watcher, EndpointsWatcher)
     return watcher
 
@@ -296,7 +298,7 @@ def test_services_narrow_the_list(running: Running) -> None:
 def test_ipv6_pod_ip_matches_any_spelling(running: Running) -> None:
     running.api.single(endpoint_slice("web-v6", "web", [endpoint("fd00:10:244::11", READY)], address_type="IPv6"))
     config = load_config(Source({"PRESTOP_KUBE_API": running.url, "PRESTOP_KUBE_SA_DIR": str(running.sa_dir)}))
-    watcher = endpoints.build(config, PodTarget(pod_ip="fd00:10:244:0:0:0:0:11", port=8080))
+    watcher = config.build(watch_context(PodTarget(pod_ip="fd00:10:244:0:0:0:0:11", port=8080)))
     try:
         assert watcher.poll(0.0, 2.0).verdict is Verdict.PRESENT
     finally:
@@ -407,6 +409,7 @@ API = "https://10.96.0.1:443"
 
 
 def respx_watcher(**kwargs: Any) -> EndpointsWatcher:
+    kwargs.setdefault("monotonic", time.monotonic)
     return EndpointsWatcher(httpx.Client(base_url=API), namespace=NS, pod_ip=POD_IP, token=lambda: TOKEN, **kwargs)
 
 
@@ -531,21 +534,21 @@ def test_bad_config(env: dict[str, str], words: list[str]) -> None:
 
 def test_build_reads_namespace_and_needs_token_and_ca(sa_dir: Path) -> None:
     http = EndpointsConfig(api_url="http://127.0.0.1:1", sa_dir=str(sa_dir))
-    built = endpoints.build(http, TARGET)
+    built = http.build(watch_context(TARGET))
     assert isinstance(built, EndpointsWatcher)
     built.close()
     with pytest.raises(ConfigError, match=r"ca\.crt"):
-        endpoints.build(EndpointsConfig(api_url="https://10.96.0.1:443", sa_dir=str(sa_dir)), TARGET)
+        EndpointsConfig(api_url="https://10.96.0.1:443", sa_dir=str(sa_dir)).build(watch_context(TARGET))
     (sa_dir / "namespace").unlink()
     with pytest.raises(ConfigError, match="POD_NAMESPACE"):
-        endpoints.build(http, TARGET)
+        http.build(watch_context(TARGET))
     named = EndpointsConfig(api_url="http://127.0.0.1:1", sa_dir=str(sa_dir), namespace=NS)
-    given = endpoints.build(named, TARGET)
+    given = named.build(watch_context(TARGET))
     assert isinstance(given, EndpointsWatcher)
     given.close()
     (sa_dir / "token").unlink()
     with pytest.raises(ConfigError, match="automountServiceAccountToken"):
-        endpoints.build(named, TARGET)
+        named.build(watch_context(TARGET))
 
 
 def test_free_port_is_refused_quickly(sa_dir: Path) -> None:
@@ -553,7 +556,7 @@ def test_free_port_is_refused_quickly(sa_dir: Path) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    watcher = endpoints.build(EndpointsConfig(api_url=f"http://127.0.0.1:{port}", sa_dir=str(sa_dir)), TARGET)
+    watcher = EndpointsConfig(api_url=f"http://127.0.0.1:{port}", sa_dir=str(sa_dir)).build(watch_context(TARGET))
     assert isinstance(watcher, EndpointsWatcher)
     try:
         with pytest.raises(WatcherError, match="unreachable"):

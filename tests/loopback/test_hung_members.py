@@ -22,7 +22,7 @@ from prestop_agent.nacos.model import parse_server_addresses
 from prestop_agent.nacos.server import NacosServer
 from prestop_agent.source import Source
 from tests import faults
-from tests.unit.fakes import FakeClock, FakeInstance, FakeNacos
+from tests.fakes import FakeClock, FakeInstance, FakeNacos
 
 BAD_MEMBERS: dict[str, Callable[[], AbstractContextManager[str]]] = {
     "silent": faults.silent,

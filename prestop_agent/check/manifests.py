@@ -1,0 +1,112 @@
+"""Reading manifests: YAML files and directories into Kubernetes objects (multi-document, ``kind: List``)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from prestop_agent.errors import ConfigError
+
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet")
+
+
+@dataclass(frozen=True)
+class Doc:
+    file: str
+    obj: Mapping[str, Any]
+
+    @property
+    def kind(self) -> str:
+        return str(self.obj.get("kind", ""))
+
+    @property
+    def name(self) -> str:
+        return str(mapping(self.obj.get("metadata")).get("name", "?"))
+
+    @property
+    def namespace(self) -> str | None:
+        ns = mapping(self.obj.get("metadata")).get("namespace")
+        return str(ns) if ns is not None else None
+
+    @property
+    def annotations(self) -> Mapping[str, Any]:
+        return mapping(mapping(self.obj.get("metadata")).get("annotations"))
+
+
+def mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def as_list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def manifest_files(paths: Sequence[Path]) -> list[Path]:
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file()))
+        else:
+            found.append(path)
+    return found
+
+
+def load_documents(path: Path) -> list[Doc]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: cannot read it: not UTF-8 text") from None
+    try:
+        raw = list(yaml.safe_load_all(text))
+    except yaml.YAMLError as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+    docs: list[Doc] = []
+    for index, obj in enumerate(raw, start=1):
+        docs.extend(_flatten(path, index, obj))
+    return docs
+
+
+def _flatten(path: Path, index: int, obj: object) -> Iterator[Doc]:
+    if obj is None:
+        return
+    if not isinstance(obj, Mapping) or not isinstance(obj.get("kind"), str):
+        raise ConfigError(f"{path}: document {index} is not a Kubernetes object (a mapping with a kind)")
+    if obj["kind"] == "List" or (obj["kind"].endswith("List") and isinstance(obj.get("items"), list)):
+        for item in as_list(obj.get("items")):
+            yield from _flatten(path, index, item)
+        return
+    yield Doc(str(path), obj)
+
+
+@dataclass
+class Directory:
+    """The objects of one directory, by kind: one directory holds one application's manifests."""
+
+    workloads: list[Doc] = field(default_factory=list)
+    services: list[Doc] = field(default_factory=list)
+    ingresses: list[Doc] = field(default_factory=list)
+    configmaps: dict[str, Doc] = field(default_factory=dict)
+    ingress_classes: dict[str, str] = field(default_factory=dict)  # name -> controller
+
+    def add(self, doc: Doc) -> None:
+        if doc.kind in WORKLOAD_KINDS:
+            self.workloads.append(doc)
+        elif doc.kind == "Service":
+            self.services.append(doc)
+        elif doc.kind == "Ingress":
+            self.ingresses.append(doc)
+        elif doc.kind == "ConfigMap":
+            self.configmaps[doc.name] = doc
+        elif doc.kind == "IngressClass":
+            self.ingress_classes[doc.name] = str(mapping(doc.obj.get("spec")).get("controller", ""))
