@@ -29,7 +29,7 @@ from prestop_agent.nacos.registry import Located, Registry
 from prestop_agent.nacos.server import Credentials, NacosServer
 from prestop_agent.wait import wait_until_gone
 from prestop_agent.watchers import catalog
-from prestop_agent.watchers.base import PodTarget, Verdict, WatchContext
+from prestop_agent.watchers.base import PodTarget, Verdict, WatchContext, Watcher
 from prestop_agent.watchers.registry import RegistryWatcher
 
 log = structlog.get_logger(__name__)
@@ -193,11 +193,16 @@ def _deregister(
             log.info("dry_run", would=action, then="wait" if wait else "confirm")
             return
         run = _Run(settings, deps, registry, deadline)
-        _disable_and_confirm(run, located, report)
-        if wait:
-            _wait_for_evidence(run, located, report)
-        else:
+        if not wait:
+            _disable_and_confirm(run, located, report)
             report.outcome = "disabled"
+            return
+        context = WatchContext(target_of(settings), deps.clock, registry, located.key)
+        # Built before the write: the traffic watcher's first look dates the callers' requests before it,
+        # and callers that follow the registry's pushes stop within a second of it.
+        with catalog.built(settings.watcher_configs.values(), context) as watchers:
+            _disable_and_confirm(run, located, report)
+            _wait_for_evidence(run, watchers, report)
     except RegistryError as exc:
         report.error = exc
         log.error("registry_failed", error=str(exc))
@@ -238,11 +243,9 @@ def _disable_and_confirm(run: _Run, located: Located, report: Report) -> None:
     log.info("instance_unserved", service=str(located.key), endpoint=located.instance.endpoint)
 
 
-def _wait_for_evidence(run: _Run, located: Located, report: Report) -> None:
+def _wait_for_evidence(run: _Run, watchers: list[Watcher], report: Report) -> None:
     settings, deadline = run.settings, run.deadline
-    context = WatchContext(target_of(settings), run.deps.clock, run.registry, located.key)
-    with catalog.built(settings.watcher_configs.values(), context) as watchers:
-        done, results = wait_until_gone(watchers, deadline, request_timeout=settings.request_timeout.value)
+    done, results = wait_until_gone(watchers, deadline, request_timeout=settings.request_timeout.value)
     report.data["watchers"] = {r.name: r.as_dict() for r in results}
     if done:
         report.outcome = "drained"
