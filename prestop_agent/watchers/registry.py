@@ -20,6 +20,8 @@ from prestop_agent.watchers.base import Observation, Verdict, WatchContext
 
 NAME = "registry"
 DEFAULT_CONSUMER_CACHE_SECONDS = 35.0
+# A write usually shows in the served list within a second: look again soon, then less and less often.
+FIRST_RECHECK_S = 0.25
 
 
 def default_consumer_cache(watched: Collection[str]) -> float:
@@ -51,6 +53,7 @@ class RegistryWatcher:
     clock: Clock
     name: str = NAME
     _unserved_since: float | None = None
+    _served_polls: int = 0
 
     def close(self) -> None:
         """Nothing to release: the registry belongs to the run."""
@@ -68,7 +71,12 @@ class RegistryWatcher:
             details["skipped_unresponsive"] = served.skipped
         if served.serving:
             self._unserved_since = None
-            return Observation(Verdict.PRESENT, "still_served", {**details, "serving": served.serving})
+            recheck = FIRST_RECHECK_S * 2**self._served_polls
+            self._served_polls += 1
+            return Observation(
+                Verdict.PRESENT, "still_served", {**details, "serving": served.serving, "next_poll_s": recheck}
+            )
+        self._served_polls = 0
         if self._unserved_since is None:
             self._unserved_since = now
         left = self.consumer_cache_s - (now - self._unserved_since)

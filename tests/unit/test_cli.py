@@ -162,3 +162,19 @@ def test_register_puts_it_back() -> None:
         result = invoke(["register"])
     assert result.exit_code == 0, result.stderr
     assert inst.enabled is True
+
+
+def test_trust_store_is_loaded_only_when_a_server_speaks_tls() -> None:
+    import ssl
+
+    from prestop_agent.cli import _tls
+    from prestop_agent.config import load
+    from prestop_agent.source import Source
+
+    plain = _tls(load(Source(ENV)))
+    assert plain.verify_mode is ssl.CERT_REQUIRED
+    assert plain.check_hostname
+    assert plain.cert_store_stats()["x509_ca"] == 0  # refuses any certificate: https could only fail closed
+    secure = _tls(load(Source({**ENV, "NACOS_SERVER_ADDR": "https://nacos.example:8848"})))
+    assert secure.verify_mode is ssl.CERT_REQUIRED
+    assert secure.cert_store_stats()["x509_ca"] == ssl.create_default_context().cert_store_stats()["x509_ca"]

@@ -74,6 +74,7 @@ class Activity:
     kind: str
     peer: str  # "" when the kernel does not say who
     port: int
+    count: int = 1  # requests it stands for, where the kernel counted them (data segments); else 1
 
     @property
     def attributed(self) -> bool:
@@ -90,6 +91,7 @@ class Scan:
     events: list[Activity] = field(default_factory=list)
     flows: set[Flow] = field(default_factory=set)
     received: dict[Flow, int] = field(default_factory=dict)
+    segments: dict[Flow, int] = field(default_factory=dict)
     peers: set[str] = field(default_factory=set)
     open_count: int = 0
     ignored: int = 0
@@ -105,6 +107,7 @@ class Scanner:
         self._ignore = ignore
         self._previous_flows: set[Flow] = set()
         self._previous_bytes: dict[Flow, int] = {}
+        self._previous_segments: dict[Flow, int] = {}
 
     def scan(
         self,
@@ -141,9 +144,17 @@ class Scanner:
                 scan.new_count += 1
             if conn.bytes_received is not None:
                 scan.received[conn.flow] = conn.bytes_received
+            if conn.data_segs_in is not None:
+                scan.segments[conn.flow] = conn.data_segs_in
         self._previous_flows = scan.flows
         self._previous_bytes = scan.received
+        self._previous_segments = scan.segments
         return scan
+
+    def _count(self, conn: Conn) -> int:
+        """Requests that arrived on ``conn`` since the previous poll, as data segments (at least 1)."""
+        previous = self._previous_segments.get(conn.flow, 0)
+        return max(1, (conn.data_segs_in or 0) - previous)
 
     def _ended(self, closed: Closed, now: float, first: bool, scan: Scan) -> None:
         """Connections that ended since the previous poll: evidence if they carried something the table did not show."""
@@ -157,15 +168,15 @@ class Scanner:
             previous = self._previous_bytes.get(conn.flow)
             if conn.flow not in self._previous_flows:
                 scan.closed_count += 1
-                scan.events.append(Activity(now, "closed_connection", conn.peer_ip, conn.local_port))
+                scan.events.append(Activity(now, "closed_connection", conn.peer_ip, conn.local_port, self._count(conn)))
             elif previous is not None and conn.bytes_received is not None and conn.bytes_received > previous:
-                scan.events.append(Activity(now, "data", conn.peer_ip, conn.local_port))
+                scan.events.append(Activity(now, "data", conn.peer_ip, conn.local_port, self._count(conn)))
 
     def _evidence(self, conn: Conn, now: float, since: float, first: bool, in_segs_moved: bool) -> list[Activity]:
         """What one socket proves about when an outside peer last sent something."""
 
-        def at(kind: str, when: float) -> Activity:
-            return Activity(min(when, now), kind, conn.peer_ip, conn.local_port)
+        def at(kind: str, when: float, count: int = 1) -> Activity:
+            return Activity(min(when, now), kind, conn.peer_ip, conn.local_port, count)
 
         if conn.state in _CONNECTING:
             return [at("connecting", now)]
@@ -181,9 +192,9 @@ class Scanner:
             if first:
                 found.append(at("data", last_recv))  # measured age, also for connections older than the watch
             elif is_new:
-                found.append(at("new_connection", now))
+                found.append(at("new_connection", now, self._count(conn)))
             elif self._data_arrived(conn, last_recv, since):
-                found.append(at("data", max(last_recv, since)))
+                found.append(at("data", max(last_recv, since), self._count(conn)))
         elif is_new:
             found.append(at("new_connection", now))  # at the first poll too: its age is unknown
         elif conn.state in _PEER_MAY_SEND and in_segs_moved:

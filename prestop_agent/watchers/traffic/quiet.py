@@ -1,13 +1,15 @@
 """When the watched ports have been quiet long enough: a quiet time per caller, from its own rate.
 
 The rule. A caller is a peer address. Each poll dates the latest thing each caller sent
-(``activity``); the gap between two dated arrivals of a caller is at least as long as any
+and counts its requests where the kernel counts them (data segments, ended connections;
+``activity``). The gap between two dated arrivals of a caller is at least as long as any
 real gap between its requests in that span, so the caller's longest gap ``G`` never
-understates how long it can go silent. A caller seen at least ``MIN_ARRIVALS`` times is
-judged by its own rate: it counts as gone after ``FACTOR * G`` of silence, but never less
-than the floor (``PRESTOP_QUIET_MIN_SECONDS``, default 2 s) nor more than the ceiling
-(``PRESTOP_QUIET_SECONDS``, default 10 s). A caller seen fewer times, and anything that
-cannot be attributed to a caller (a non-empty accept queue, an unmeasured connection,
+understates how long it can go silent. A caller heard at least ``MIN_ARRIVALS`` (3) times
+over at least ``MIN_SPAN_S`` (0.5 s) is judged by its own rate: it counts as gone after
+``FACTOR * G`` (4 G) of silence, but never less than the floor
+(``PRESTOP_QUIET_MIN_SECONDS``, default 2 s) nor more than the ceiling
+(``PRESTOP_QUIET_SECONDS``, default 10 s). A caller heard less, and anything that cannot
+be attributed to a caller (a non-empty accept queue, an unmeasured connection,
 announcements the kernel dropped), gets the ceiling. The ports are quiet when every caller
 has been silent for its own quiet time and the watcher itself has observed for the floor;
 when no caller could be judged by its rate, for the ceiling, which is the fixed rule of
@@ -26,11 +28,11 @@ their distribution, and the chance it is ``FACTOR`` (4) times longer is far smal
 requests arriving at random (Poisson), below 1 in 10,000 after ten arrivals. The floor
 covers pauses of the caller itself (a garbage-collection pause of a JVM caller stops all
 its calls; they last well under 2 s). What the rule cannot see is a pattern longer than
-the watch: a caller that happened to end a burst just as the watch began, and whose next
-burst comes later than the floor, looks like a steady caller that stopped. The ceiling
-covers that only for callers seen once or twice. Services with such callers (batch jobs
-calling in bursts) set ``PRESTOP_QUIET_MIN_SECONDS`` to the burst period, or equal to
-``PRESTOP_QUIET_SECONDS`` for the fixed rule.
+the watch: a caller whose burst of half a second or more happened to end just as the
+watch began, and whose next burst comes later than the floor, looks like a steady
+caller that stopped. Shorter bursts, and callers heard once or twice, get the ceiling.
+Services with callers that burst (batch jobs) set ``PRESTOP_QUIET_MIN_SECONDS`` to the
+burst period, or equal to ``PRESTOP_QUIET_SECONDS`` for the fixed rule.
 """
 
 from __future__ import annotations
@@ -39,6 +41,22 @@ from dataclasses import dataclass, field
 
 FACTOR = 4.0
 MIN_ARRIVALS = 3
+MIN_SPAN_S = 0.5
+
+
+@dataclass
+class Caller:
+    first: float
+    last: float
+    arrivals: int = 1
+    longest_gap: float = 0.0
+
+    def heard(self, when: float, count: int = 1) -> None:
+        if when <= self.last:
+            return  # already counted: the same arrival seen again
+        self.longest_gap = max(self.longest_gap, when - self.last)
+        self.last = when
+        self.arrivals += count
 
 
 @dataclass(frozen=True)
@@ -47,26 +65,17 @@ class QuietRule:
     ceiling: float
     factor: float = FACTOR
     min_arrivals: int = MIN_ARRIVALS
+    min_span: float = MIN_SPAN_S
 
-    def quiet_time(self, arrivals: int, longest_gap: float) -> float:
-        """How long a caller seen ``arrivals`` times, with that longest gap, must be silent to count as gone."""
-        if arrivals < self.min_arrivals:
+    def judged(self, caller: Caller) -> bool:
+        """Seen often enough, over long enough, for its own rate to say something."""
+        return caller.arrivals >= self.min_arrivals and caller.last - caller.first >= self.min_span
+
+    def quiet_time(self, caller: Caller) -> float:
+        """How long ``caller`` must be silent to count as gone."""
+        if not self.judged(caller):
             return self.ceiling
-        return min(self.ceiling, max(self.floor, self.factor * longest_gap))
-
-
-@dataclass
-class Caller:
-    last: float
-    arrivals: int = 1
-    longest_gap: float = 0.0
-
-    def heard(self, when: float) -> None:
-        if when <= self.last:
-            return  # already counted: the same arrival seen again
-        self.longest_gap = max(self.longest_gap, when - self.last)
-        self.last = when
-        self.arrivals += 1
+        return min(self.ceiling, max(self.floor, self.factor * caller.longest_gap))
 
 
 @dataclass(frozen=True)
@@ -86,13 +95,13 @@ class Callers:
     callers: dict[str, Caller] = field(default_factory=dict)
     unattributed: float | None = None
 
-    def heard(self, peer: str, when: float) -> None:
-        """``peer`` sent something at ``when`` (call once per poll, with its latest arrival)."""
+    def heard(self, peer: str, when: float, count: int = 1) -> None:
+        """``peer`` sent ``count`` requests, the latest at ``when`` (call once per poll and caller)."""
         caller = self.callers.get(peer)
         if caller is None:
-            self.callers[peer] = Caller(when)
+            self.callers[peer] = Caller(when, when, count)
         else:
-            caller.heard(when)
+            caller.heard(when, count)
 
     def heard_unattributed(self, when: float) -> None:
         self.unattributed = when if self.unattributed is None else max(self.unattributed, when)
@@ -102,8 +111,7 @@ class Callers:
         self.started, self.callers, self.unattributed = at, {}, None
 
     def quiet_time(self, peer: str) -> float:
-        caller = self.callers[peer]
-        return self.rule.quiet_time(caller.arrivals, caller.longest_gap)
+        return self.rule.quiet_time(self.callers[peer])
 
     def last(self) -> float | None:
         times = [c.last for c in self.callers.values()]
@@ -112,7 +120,7 @@ class Callers:
         return max(times, default=None)
 
     def judge(self, now: float) -> Judgement:
-        by_rate = any(c.arrivals >= self.rule.min_arrivals for c in self.callers.values())
+        by_rate = any(self.rule.judged(c) for c in self.callers.values())
         holds: list[tuple[float, str]] = [
             (self.started + (self.rule.floor if by_rate else self.rule.ceiling), "observing")
         ]

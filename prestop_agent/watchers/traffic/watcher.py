@@ -223,14 +223,15 @@ class TrafficWatcher:
         )
 
         scan = self._scanner.scan(conns, now, since, first=first, in_segs_moved=in_segs_moved, closed=closed)
-        latest: dict[str, float] = {}
+        latest: dict[str, tuple[float, int]] = {}
         for event in scan.events:
             if event.attributed:
-                latest[event.peer] = max(event.when, latest.get(event.peer, event.when))
+                when, count = latest.get(event.peer, (event.when, 0))
+                latest[event.peer] = (max(when, event.when), count + event.count)
             else:
                 callers.heard_unattributed(event.when)
-        for peer, when in latest.items():
-            callers.heard(peer, when)
+        for peer, (when, count) in latest.items():
+            callers.heard(peer, when, count)
 
         newest = max(scan.events, key=lambda a: a.when, default=None)
         if newest is not None and (self._last is None or newest.when > self._last.when):
@@ -282,7 +283,7 @@ class TrafficWatcher:
         """Often while a caller is active (its gaps are measured at this grain), else when the rule could decide."""
         wait = max(0.05, until - now)
         active = [c for peer, c in callers.callers.items() if now - c.last < callers.quiet_time(peer)]
-        if any(c.arrivals < callers.rule.min_arrivals and now - c.last < 1.0 for c in active):
+        if any(not callers.rule.judged(c) and now - c.last < 1.0 for c in active):
             return min(wait, FIRST_POLLS_S)
         if active:
             return min(wait, ACTIVE_POLL_S)

@@ -6,7 +6,7 @@ import pytest
 
 from prestop_agent.watchers.base import PodTarget, Verdict
 from prestop_agent.watchers.traffic.closed import Closed
-from prestop_agent.watchers.traffic.quiet import Callers, QuietRule
+from prestop_agent.watchers.traffic.quiet import Caller, Callers, QuietRule
 from prestop_agent.watchers.traffic.sockets import CLOSE, ESTABLISHED, LISTEN, Conn
 from prestop_agent.watchers.traffic.watcher import TrafficConfig, TrafficWatcher
 
@@ -48,10 +48,20 @@ def test_quiet_time_grows_with_the_longest_gap_up_to_the_ceiling() -> None:
 
 def test_a_caller_seen_fewer_than_three_times_gets_the_ceiling() -> None:
     callers = Callers(RULE, started=100.0)
-    hear(callers, A, [100.1, 100.2])  # a burst, or a caller that stopped at once: its rate is unknown
+    hear(callers, A, [100.1, 100.6])  # a caller that stopped at once: its rate is unknown
     assert callers.quiet_time(A) == 10.0
-    assert not callers.judge(110.1).quiet
-    assert callers.judge(110.2).quiet
+    assert not callers.judge(110.5).quiet
+    assert callers.judge(110.6).quiet
+
+
+def test_a_short_burst_gets_the_ceiling_however_many_requests_it_held() -> None:
+    callers = Callers(RULE, started=100.0)
+    callers.heard(A, 100.1)
+    callers.heard(A, 100.3, count=20)  # twenty requests within 0.2 s, then silence: maybe the next burst is due
+    assert callers.callers[A].arrivals == 21
+    assert callers.quiet_time(A) == 10.0
+    callers.heard(A, 100.7, count=5)  # heard over 0.6 s: now its rate says something
+    assert callers.quiet_time(A) == 2.0
 
 
 def test_the_same_arrival_seen_again_is_not_a_new_one() -> None:
@@ -88,10 +98,11 @@ def test_restart_forgets_everything_heard_before() -> None:
 
 
 @pytest.mark.parametrize(
-    ("arrivals", "gap", "expected"), [(2, 0.1, 10.0), (3, 0.1, 2.0), (3, 1.0, 4.0), (9, 9.0, 10.0)]
+    ("arrivals", "span", "gap", "expected"),
+    [(2, 1.0, 0.1, 10.0), (3, 0.4, 0.1, 10.0), (3, 0.5, 0.1, 2.0), (3, 2.0, 1.0, 4.0), (9, 40.0, 9.0, 10.0)],
 )
-def test_quiet_time(arrivals: int, gap: float, expected: float) -> None:
-    assert RULE.quiet_time(arrivals, gap) == expected
+def test_quiet_time(arrivals: int, span: float, gap: float, expected: float) -> None:
+    assert RULE.quiet_time(Caller(100.0, 100.0 + span, arrivals, gap)) == expected
 
 
 # ------------------------------------------------------------ the watcher, on fake tables and announcements
