@@ -24,7 +24,8 @@ def main() -> None:
         return
     if args and not _HELP.intersection(args):
         for name in _ONLY_FOR_HELP:
-            sys.modules.setdefault(name, None)  # an import of it now fails, and the importer does without
+            # None in sys.modules marks it unavailable to importlib: importing it fails, the importer does without.
+            sys.modules.setdefault(name, None)  # type: ignore[arg-type]
     from prestop_agent.cli import main as run
 
     run()
