@@ -5,7 +5,7 @@ and counts its requests where the kernel counts them (data segments, ended conne
 ``activity``). The gap between two dated arrivals of a caller is at least as long as any
 real gap between its requests in that span, so the caller's longest gap ``G`` never
 understates how long it can go silent. A caller heard at least ``MIN_ARRIVALS`` (3) times
-over at least ``MIN_SPAN_S`` (0.5 s) is judged by its own rate: it counts as gone after
+over at least ``MIN_SPAN_S`` (0.3 s) is judged by its own rate: it counts as gone after
 ``FACTOR * G`` (4 G) of silence, but never less than the floor
 (``PRESTOP_QUIET_MIN_SECONDS``, default 2 s) nor more than the ceiling
 (``PRESTOP_QUIET_SECONDS``, default 10 s). A caller heard less, and anything that cannot
@@ -28,7 +28,7 @@ their distribution, and the chance it is ``FACTOR`` (4) times longer is far smal
 requests arriving at random (Poisson), below 1 in 10,000 after ten arrivals. The floor
 covers pauses of the caller itself (a garbage-collection pause of a JVM caller stops all
 its calls; they last well under 2 s). What the rule cannot see is a pattern longer than
-the watch: a caller whose burst of half a second or more happened to end just as the
+the watch: a caller whose burst of 0.3 s or more happened to end just as the
 watch began, and whose next burst comes later than the floor, looks like a steady
 caller that stopped. Shorter bursts, and callers heard once or twice, get the ceiling.
 Services with callers that burst (batch jobs) set ``PRESTOP_QUIET_MIN_SECONDS`` to the
@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 
 FACTOR = 4.0
 MIN_ARRIVALS = 3
-MIN_SPAN_S = 0.5
+MIN_SPAN_S = 0.3
 
 
 @dataclass

@@ -99,7 +99,7 @@ def test_restart_forgets_everything_heard_before() -> None:
 
 @pytest.mark.parametrize(
     ("arrivals", "span", "gap", "expected"),
-    [(2, 1.0, 0.1, 10.0), (3, 0.4, 0.1, 10.0), (3, 0.5, 0.1, 2.0), (3, 2.0, 1.0, 4.0), (9, 40.0, 9.0, 10.0)],
+    [(2, 1.0, 0.1, 10.0), (3, 0.2, 0.1, 10.0), (3, 0.31, 0.1, 2.0), (3, 2.0, 1.0, 4.0), (9, 40.0, 9.0, 10.0)],
 )
 def test_quiet_time(arrivals: int, span: float, gap: float, expected: float) -> None:
     assert RULE.quiet_time(Caller(100.0, 100.0 + span, arrivals, gap)) == expected
