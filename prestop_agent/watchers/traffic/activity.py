@@ -165,11 +165,10 @@ class Scanner:
                 continue
             if first:
                 continue  # ended before the watch began: its time is unknown, and the table has the rest
-            previous = self._previous_bytes.get(conn.flow)
             if conn.flow not in self._previous_flows:
                 scan.closed_count += 1
                 scan.events.append(Activity(now, "closed_connection", conn.peer_ip, conn.local_port, self._count(conn)))
-            elif previous is not None and conn.bytes_received is not None and conn.bytes_received > previous:
+            elif self._received_more(conn):
                 scan.events.append(Activity(now, "data", conn.peer_ip, conn.local_port, self._count(conn)))
 
     def _evidence(self, conn: Conn, now: float, since: float, first: bool, in_segs_moved: bool) -> list[Activity]:
@@ -203,10 +202,22 @@ class Scanner:
 
     def _data_arrived(self, conn: Conn, last_recv: float, since: float) -> bool:
         """Did this connection receive data since the previous poll?"""
+        more = self._received_more(conn)
+        return last_recv > since if more is None else more
+
+    def _received_more(self, conn: Conn) -> bool | None:
+        """Did the kernel count more data in than at the previous poll? None when it cannot say.
+
+        Data segments first: the byte count also counts the peer's FIN, which closes an idle
+        connection without carrying a request.
+        """
+        segments = self._previous_segments.get(conn.flow)
+        if conn.data_segs_in is not None and segments is not None:
+            return conn.data_segs_in > segments
         previous = self._previous_bytes.get(conn.flow)
         if conn.bytes_received is not None and previous is not None:
-            return conn.bytes_received > previous
-        return last_recv > since
+            return conn.bytes_received > previous + (1 if conn.state not in _PEER_MAY_SEND else 0)
+        return None
 
     def _is_ignored(self, peer: str) -> bool:
         ip = ipaddress.ip_address(peer)

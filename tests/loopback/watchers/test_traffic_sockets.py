@@ -13,7 +13,8 @@ from collections.abc import Iterator
 import pytest
 
 from prestop_agent.watchers.base import Observation, PodTarget, Verdict
-from prestop_agent.watchers.traffic.sockets import ESTABLISHED, ProcNetTable, SockDiagTable
+from prestop_agent.watchers.traffic.closed import ClosedFeed
+from prestop_agent.watchers.traffic.sockets import ESTABLISHED, Conn, ProcNetTable, SockDiagTable
 from prestop_agent.watchers.traffic.watcher import TrafficConfig, TrafficWatcher
 from tests.fakes import watch_context
 
@@ -421,3 +422,56 @@ def test_callers_that_close_first_are_counted(server: LoopbackServer) -> None:
     closed = sum(int(str(o.details["closed_connections"])) for _, o in seen)
     assert closed >= 15  # counted however short-lived (a few may be caught open by a poll instead)
     assert seen[-1][1].verdict is Verdict.GONE
+
+
+# ------------------------------------------------------------------ what the kernel is asked for
+
+
+@needs_sock_diag
+@pytest.mark.parametrize("watched", [1, 2, 3])
+def test_the_dump_lists_only_the_watched_ports_of_both_families(watched: int) -> None:
+    listeners = [socket.create_server(("127.0.0.1", 0)) for _ in range(3)]
+    listeners.append(socket.create_server(("::1", 0), family=socket.AF_INET6))
+    try:
+        ports = [s.getsockname()[1] for s in listeners]
+        chosen = tuple(ports[-watched:])  # the IPv6 listener is always among them
+        with socket.create_connection(("::1", ports[-1])), socket.create_connection(("127.0.0.1", ports[0])):
+            found = SockDiagTable(ports=chosen).read(1.0)
+        assert {c.local_port for c in found} == set(chosen)
+        assert any(c.state == ESTABLISHED and c.local_port == ports[-1] and c.peer_ip == "::1" for c in found)
+    finally:
+        for listener in listeners:
+            listener.close()
+
+
+@needs_sock_diag
+def test_the_feed_announces_ended_connections_of_the_watched_port_only(server: LoopbackServer) -> None:
+    other = LoopbackServer()
+    feed = ClosedFeed((server.port,))
+    try:
+        for port in (server.port, other.port, server.port):
+            with socket.create_connection(("127.0.0.1", port)) as client:
+                request(client)
+        end = time.monotonic() + 5.0
+        ended: list[Conn] = []
+        while len(ended) < 2 and time.monotonic() < end:
+            ended += feed.drain().conns
+            time.sleep(0.05)
+    finally:
+        feed.close()
+        other.close()
+    assert len(ended) == 2
+    assert {c.local_port for c in ended} == {server.port}
+    assert [c.data_segs_in for c in ended] == [1, 1]  # one request each (the byte count has the FIN too)
+
+
+def test_tcp_info_offsets_match_this_kernel(server: LoopbackServer) -> None:
+    # the dump's data segment count is the kernel's own, read back through getsockopt(TCP_INFO)
+    with socket.create_connection(("127.0.0.1", server.port)) as client:
+        for _ in range(3):
+            request(client)
+        own = client.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+        if sock_diag_works():
+            inode = os.fstat(client.fileno()).st_ino
+            [mine] = [c for c in SockDiagTable().read(1.0) if c.inode == inode]
+            assert mine.data_segs_in == struct.unpack_from("=I", own, 152)[0] == 3

@@ -134,8 +134,8 @@ class FakeFeed:
         self.closed = True
 
 
-def ended(peer_port: int, received: int, peer: str = A) -> Conn:
-    return Conn(CLOSE, POD, PORT, peer, peer_port, 0, 0, 0, 0, received, 1)
+def ended(peer_port: int, received: int, peer: str = A, segments: int = 1) -> Conn:
+    return Conn(CLOSE, POD, PORT, peer, peer_port, 0, 0, 0, 0, received, segments)
 
 
 def feed_watcher() -> tuple[TrafficWatcher, FakeTable, FakeFeed]:
@@ -165,14 +165,14 @@ def test_an_ended_connection_counts_only_for_what_the_table_did_not_show() -> No
     table.conns.append(open_conn)
     watcher.poll(100.0, 1.0)
     table.conns.pop()
-    feed.pending = Closed([ended(40000, 500)])  # the peer closed its idle connection: nothing new
+    feed.pending = Closed([ended(40000, 501, segments=5)])  # the peer closed its idle connection (+1: its FIN)
     assert watcher.poll(101.0, 1.0).details["last_activity_kind"] == "data"  # the first look's
     assert watcher.poll(110.0, 1.0).verdict is Verdict.GONE
     watcher2, table2, feed2 = feed_watcher()
     table2.conns.append(open_conn)
     watcher2.poll(100.0, 1.0)
     table2.conns.pop()
-    feed2.pending = Closed([ended(40000, 900)])  # it carried one more request before it ended
+    feed2.pending = Closed([ended(40000, 901, segments=6)])  # it carried one more request before it ended
     assert watcher2.poll(101.0, 1.0).details["last_activity_age_s"] == 0.0
 
 
