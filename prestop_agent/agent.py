@@ -201,7 +201,8 @@ def _deregister(
         # Built before the write: the traffic watcher's first look dates the callers' requests before it,
         # and callers that follow the registry's pushes stop within a second of it.
         with catalog.built(settings.watcher_configs.values(), context) as watchers:
-            _disable_and_confirm(run, located, report)
+            # The traffic watcher's gaps are measured at its polls: it keeps polling while the proof runs.
+            _disable_and_confirm(run, located, report, observers=[w for w in watchers if w.name == "traffic"])
             _wait_for_evidence(run, watchers, report)
     except RegistryError as exc:
         report.error = exc
@@ -220,7 +221,9 @@ class _Run:
     deadline: Deadline
 
 
-def _disable_and_confirm(run: _Run, located: Located, report: Report) -> None:
+def _disable_and_confirm(
+    run: _Run, located: Located, report: Report, *, observers: list[Watcher] | None = None
+) -> None:
     settings, deps, registry, deadline = run.settings, run.deps, run.registry, run.deadline
     if located.instance.enabled:
         report.data["write"] = "sent"
@@ -232,7 +235,9 @@ def _disable_and_confirm(run: _Run, located: Located, report: Report) -> None:
         log.info("instance_already_disabled", service=str(located.key), endpoint=located.instance.endpoint)
     # Proof, not the word "ok": no server may still serve it (consumer caches are the wait's business).
     proof = RegistryWatcher(registry, located.key, 0.0, deps.clock)
-    confirmed, results = wait_until_gone([proof], deadline, request_timeout=settings.request_timeout.value)
+    confirmed, results = wait_until_gone(
+        [proof], deadline, request_timeout=settings.request_timeout.value, observers=observers or ()
+    )
     if not confirmed:
         result = results[0]
         state = "is still served" if result.verdict is Verdict.PRESENT else "was never shown to be unserved"

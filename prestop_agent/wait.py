@@ -57,14 +57,23 @@ def interval_for(remaining: float) -> float:
 
 
 def wait_until_gone(
-    watchers: Sequence[Watcher], deadline: Deadline, *, request_timeout: float
+    watchers: Sequence[Watcher],
+    deadline: Deadline,
+    *,
+    request_timeout: float,
+    observers: Sequence[Watcher] = (),
 ) -> tuple[bool, list[WatchResult]]:
-    """Poll until every watcher's latest observation is GONE (True) or the deadline passes (False)."""
+    """Poll until every watcher's latest observation is GONE (True) or the deadline passes (False).
+
+    ``observers`` are polled on their own schedule too, but do not decide: a watcher that
+    judges over time keeps its evidence current while another one decides.
+    """
     clock = deadline.clock
     states = [_State(w, Observation(Verdict.UNKNOWN, "not_polled")) for w in watchers]
+    watching = [*states, *(_State(w, Observation(Verdict.UNKNOWN, "not_polled")) for w in observers)]
     while True:
         now = clock.monotonic()
-        for state in states:
+        for state in watching:
             if now >= state.next_due and not deadline.expired():
                 _poll(state, deadline, request_timeout)
                 now = clock.monotonic()
@@ -72,7 +81,7 @@ def wait_until_gone(
         done = all(s.latest.verdict is Verdict.GONE for s in states)
         if done or deadline.expired():
             return done, [_result(s, deadline) for s in states]
-        next_due = min(s.next_due for s in states)
+        next_due = min(s.next_due for s in watching)
         deadline.sleep(max(0.0, next_due - clock.monotonic()))
 
 

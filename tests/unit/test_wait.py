@@ -125,3 +125,12 @@ def test_poll_timeout_is_capped_by_the_deadline() -> None:
     clock = FakeClock()
     wait_until_gone([Slow()], Deadline.after(clock, 3), request_timeout=30)
     assert max(seen) <= 3
+
+
+def test_observers_are_polled_but_do_not_decide() -> None:
+    clock = FakeClock()
+    decider, observer = Scripted("registry", [P, P, G]), Scripted("traffic", [P])
+    done, results = wait_until_gone([decider], Deadline.after(clock, 60), request_timeout=5, observers=[observer])
+    assert done  # the observer still says present
+    assert [r.name for r in results] == ["registry"]
+    assert len(observer.polls) >= 3
