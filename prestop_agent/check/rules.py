@@ -236,6 +236,18 @@ def _agent_evidence(t: _Timing) -> float | None:
         )
         check.values.append(("traffic quiet time", quiet))
         parts.append(quiet.seconds)
+        least = env_seconds(check, t.env, {}, "", "PRESTOP_QUIET_MIN_SECONDS")
+        if (
+            least is not None
+            and least.seconds is not None
+            and quiet.seconds is not None
+            and least.seconds > quiet.seconds
+        ):
+            t.violate(
+                "config",
+                f"PRESTOP_QUIET_MIN_SECONDS={fmt(least.seconds)} is longer than the quiet time of "
+                f"{fmt(quiet.seconds)}; the agent would refuse it and exit 2 without waiting; set it to at most that",
+            )
     known = [p for p in parts if p is not None]
     if propagation.seconds is None or len(known) != len(parts):
         return None
@@ -339,7 +351,9 @@ def _timeline(t: _Timing) -> None:
     events = t.check.events
     events.append((0.0, "pod deleted: preStop starts; Endpoints, registry and LB removal start in parallel"))
     if t.evidence is not None:
-        events.append((t.evidence, "earliest complete evidence (agent may end here)"))
+        events.append(
+            (t.evidence, "evidence complete even for callers too sparse to have a rate (busy ones end sooner)")
+        )
     if t.lb_done is not None:
         events.append((t.lb_done, "LB has removed and drained the pod"))
     if t.wait is not None:
