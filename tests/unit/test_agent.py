@@ -385,3 +385,20 @@ def test_status_reports_each_server_and_the_plan(deps: Deps) -> None:
     assert servers[1]["error"] is not None
     assert "disable 10.0.0.7:8080" in str(report.data["deregister_would"])
     assert nacos.writes == []
+
+
+def test_registry_watcher_looks_again_soon_after_a_write_then_less_often(clock: FakeClock) -> None:
+    from types import SimpleNamespace
+
+    from prestop_agent.nacos.model import ServiceKey
+    from prestop_agent.watchers.registry import RegistryWatcher
+
+    answers = [["nacos-a"], ["nacos-a"], ["nacos-a"], [], ["nacos-a"]]
+
+    class Lagging:
+        def served(self, key: ServiceKey, deadline: object) -> SimpleNamespace:
+            return SimpleNamespace(serving=answers.pop(0), answered=["nacos-a"], failed=[], skipped=[])
+
+    watcher = RegistryWatcher(Lagging(), ServiceKey("public", "DEFAULT_GROUP", "orders"), 0.0, clock)  # type: ignore[arg-type]
+    hints = [watcher.poll(clock.now, 1.0).details.get("next_poll_s") for _ in range(5)]
+    assert hints == [0.25, 0.5, 1.0, None, 0.25]  # gone in between: the next served answer starts over
