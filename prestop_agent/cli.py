@@ -64,6 +64,7 @@ WATCHDOG_GRACE_S = 0.5
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
+    rich_markup_mode=None,  # plain help and usage errors: rich is never needed (see launch.py)
     help="Take this pod out of Nacos (and its load balancers), prove it, and exit within the grace budget.",
 )
 
