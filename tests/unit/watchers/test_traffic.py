@@ -72,6 +72,26 @@ def test_settings_from_environment() -> None:
     assert config.source == "proc"
 
 
+@pytest.mark.parametrize(
+    ("env", "floor"),
+    [
+        ({}, 2.0),
+        ({"PRESTOP_QUIET_SECONDS": "1"}, 1.0),  # a quiet time under the default floor lowers the floor
+        ({"PRESTOP_QUIET_MIN_SECONDS": "3"}, 3.0),
+        ({"PRESTOP_QUIET_MIN_SECONDS": "10"}, 10.0),  # the fixed rule of earlier versions
+    ],
+)
+def test_quiet_floor(env: dict[str, str], floor: float) -> None:
+    assert load_config(Source(env)).quiet_min_seconds == floor
+
+
+def test_quiet_floor_longer_than_the_quiet_time_is_refused() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(Source({"PRESTOP_QUIET_MIN_SECONDS": "12"}))
+    assert "PRESTOP_QUIET_MIN_SECONDS=12" in str(caught.value)
+    assert "at most 10" in str(caught.value)
+
+
 def test_quiet_seconds_flag_wins() -> None:
     src = Source({"PRESTOP_QUIET_SECONDS": "4"}, {"quiet-seconds": "7"})
     assert load_config(src).quiet_seconds == 7.0
