@@ -67,6 +67,8 @@ def apiserver(binary: Path, pki: Pki) -> list[str]:
         f"--tls-private-key-file={pki.key('apiserver')}",
         f"--kubelet-client-certificate={pki.cert('apiserver-kubelet-client')}",
         f"--kubelet-client-key={pki.key('apiserver-kubelet-client')}",
+        # The node's name resolves nowhere (and must not be looked up outside): use its address.
+        "--kubelet-preferred-address-types=InternalIP",
         f"--service-account-key-file={pki.service_account_public_key}",
         f"--service-account-signing-key-file={pki.service_account_key}",
         f"--service-account-issuer=https://kubernetes.default.svc.{CLUSTER_DOMAIN}",

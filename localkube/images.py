@@ -26,6 +26,7 @@ import hashlib
 import importlib.util
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -281,6 +282,7 @@ def _bench_jars() -> tuple[Path, Path]:
     if spec is None or spec.loader is None:
         raise HarnessError("bench/rollout.py cannot be loaded")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     jars: tuple[Path, Path] = module.build_apps()
     return jars
