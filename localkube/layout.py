@@ -79,8 +79,9 @@ class Layout:
 
     @property
     def lock(self) -> Path:
-        """Held while a cluster runs: kubelet, containerd and the bridge exist once per machine."""
-        return self.home / "cluster.lock"
+        """Held while a cluster runs. Machine-wide, not per cache: the bridge and ports exist once."""
+        run_lock = Path("/run/lock")
+        return (run_lock if run_lock.is_dir() else Path("/tmp")) / "localkube.lock"  # noqa: S108 - a lock, no data
 
     @property
     def run(self) -> Path:
