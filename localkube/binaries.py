@@ -68,13 +68,17 @@ def built(layout: Layout) -> Path | None:
 
 
 def go_environment(layout: Layout) -> dict[str, str]:
-    """Go's caches under the project's cache; no cgo (static binaries, no compiler needed)."""
+    """Go's caches under the project's cache; no cgo (static binaries, no compiler needed).
+
+    etcd v3.6.16 needs Go 1.26: an older local Go fetches that toolchain from the module proxy
+    (``GOTOOLCHAIN=auto``) instead of failing.
+    """
     return {
         **os.environ,
         "GOMODCACHE": str(layout.go_modules),
         "GOCACHE": str(layout.go_build_cache),
         "GOFLAGS": "-modcacherw -mod=readonly -buildvcs=false",
-        "GOTOOLCHAIN": "local",
+        "GOTOOLCHAIN": "auto",
         "CGO_ENABLED": "0",
     }
 
@@ -110,7 +114,7 @@ def build(layout: Layout, *, log: Path | None = None, timeout: float = 3600.0) -
         return done
     go = shutil.which("go")
     if go is None:
-        raise HarnessError("`go` is not on PATH: Go 1.24 or newer builds the cluster's binaries")
+        raise HarnessError("`go` is not on PATH: Go 1.21 or newer (it fetches 1.26 if older) builds the binaries")
     target = bin_dir(layout)
     with _locked(layout.home / "build.lock"):
         if (done := built(layout)) is not None:

@@ -28,7 +28,7 @@ from localkube.layout import REPO
 
 #: Everything the cluster and its images need from the machine (Debian packages, Go, the JDK).
 REQUIRED_TOOLS = {
-    "go": "Go 1.24+",
+    "go": "Go 1.21+",
     "containerd": "apt-get install containerd",
     "ctr": "apt-get install containerd",
     "runc": "apt-get install runc",
