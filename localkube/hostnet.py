@@ -124,23 +124,26 @@ def _iptables_commands() -> list[str]:
     return tools
 
 
+def parse_save(text: str) -> tuple[list[str], list[str]]:
+    """From one table of ``iptables-save``: our chains, and the rules of other chains that jump to ours."""
+    chains: list[str] = []
+    jumps: list[str] = []
+    for line in text.splitlines():
+        if line.startswith(":") and line[1:].startswith(OUR_CHAIN_PREFIXES):
+            chains.append(line[1:].split()[0])
+        elif line.startswith("-A ") and not line.split()[1].startswith(OUR_CHAIN_PREFIXES):
+            words = shlex.split(line)
+            targets = (words[i] for i in range(1, len(words)) if words[i - 1] in ("-j", "-g"))
+            if any(target.startswith(OUR_CHAIN_PREFIXES) for target in targets):
+                jumps.append(line)
+    return chains, jumps
+
+
 def _our_iptables(tool: str) -> dict[str, tuple[list[str], list[str]]]:
     """Per table: (our chains, rules of other chains that jump to ours)."""
     found: dict[str, tuple[list[str], list[str]]] = {}
     for table in _TABLES:
-        result = _run(f"{tool}-save", "-t", table, check=False)
-        chains: list[str] = []
-        jumps: list[str] = []
-        for line in result.stdout.splitlines():
-            if line.startswith(":") and line[1:].startswith(OUR_CHAIN_PREFIXES):
-                chains.append(line[1:].split()[0])
-            elif line.startswith("-A ") and not line.split()[1].startswith(OUR_CHAIN_PREFIXES):
-                words = shlex.split(line)
-                if any(
-                    words[i - 1] in ("-j", "-g") and words[i].startswith(OUR_CHAIN_PREFIXES)
-                    for i in range(1, len(words))
-                ):
-                    jumps.append(line)
+        chains, jumps = parse_save(_run(f"{tool}-save", "-t", table, check=False).stdout)
         if chains or jumps:
             found[table] = (chains, jumps)
     return found
