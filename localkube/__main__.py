@@ -2,6 +2,7 @@
 
     serve                  start the cluster; print ``export KUBECONFIG=...`` then ``# ready``;
                            run until SIGTERM/SIGINT, then stop and leave nothing behind
+                           (--stop-on-stdin-eof: also when stdin closes, i.e. the parent died)
     build [--images A,B]   build (or find cached) the binaries and the named images, print the tars
     image build NAME...    build (or find cached) images; print ``NAME REF TAR`` per image
     image import TAR...    load image tars into the running cluster
@@ -34,7 +35,10 @@ def _say(message: str) -> None:
 def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m localkube", description=f"a local Kubernetes {KUBERNETES_VERSION}")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("serve", help="run the cluster until SIGTERM")
+    serve_command = commands.add_parser("serve", help="run the cluster until SIGTERM")
+    serve_command.add_argument(
+        "--stop-on-stdin-eof", action="store_true", help="also stop when standard input closes (the parent died)"
+    )
     build = commands.add_parser("build", help="build the binaries and, optionally, images")
     build.add_argument("--images", default="", help=f"comma-separated, from: {', '.join(images.NAMES)}")
     image = commands.add_parser("image", help="build images, or import image tars into the running cluster")
@@ -47,20 +51,43 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def serve() -> int:
+class _Interrupted(Exception):
+    """SIGTERM or SIGINT arrived while the cluster was still starting."""
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise _Interrupted(signal.Signals(signum).name)
+
+
+def _stop_when_stdin_closes(stop: threading.Event) -> None:
+    """With --stop-on-stdin-eof: the parent that holds our stdin died, so nobody will send SIGTERM."""
+    while sys.stdin.buffer.read(4096):
+        pass
+    stop.set()
+
+
+def serve(*, stop_on_stdin_eof: bool = False) -> int:
     stop = threading.Event()
+    # Until ready, a signal aborts the start (which stops whatever already runs).
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
+    cluster = Cluster(say=_say)
+    try:
+        cluster.start()
+    except _Interrupted as exc:
+        _say(f"{exc} while starting: stopped")
+        return 1
+    except HarnessError as exc:
+        _say(str(exc))
+        return 1
 
     def _on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    cluster = Cluster(say=_say)
-    try:
-        cluster.start()
-    except HarnessError as exc:
-        _say(str(exc))
-        return 1
+    if stop_on_stdin_eof:
+        threading.Thread(target=_stop_when_stdin_closes, args=(stop,), daemon=True).start()
     try:
         _say(f"Kubernetes {KUBERNETES_VERSION} is up after {cluster.startup_seconds:.0f} s")
         print(f"export KUBECONFIG={shlex.quote(str(cluster.kubeconfig))}", flush=True)
@@ -86,7 +113,7 @@ def _stop(cluster: Cluster) -> bool:
 
 def _run(args: argparse.Namespace, layout: Layout) -> int:
     if args.command == "serve":
-        return serve()
+        return serve(stop_on_stdin_eof=args.stop_on_stdin_eof)
     if args.command == "build":
         print(binaries.build(layout), flush=True)
         for name in filter(None, args.images.split(",")):

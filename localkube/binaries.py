@@ -25,7 +25,8 @@ GO_DIR = ROOT / "go"
 _VERSION_PACKAGE = "k8s.io/component-base/version"
 _MAJOR, _MINOR = KUBERNETES_VERSION.removeprefix("v").split(".")[:2]
 
-#: Go module directory -> (package, binary name); each module builds in one ``go build``.
+#: Go module directory -> (package, binary name); each module builds in one ``go build``, and each
+#: name is its package's (or, for ".", its module's) last path element, as ``go build -o dir/`` names it.
 BUILDS: dict[str, tuple[tuple[str, str], ...]] = {
     "kube": (
         ("./pause", "pause"),
@@ -138,24 +139,23 @@ def build(layout: Layout, *, log: Path | None = None, timeout: float = 3600.0) -
                 for module, outputs in BUILDS.items()
             }
             failed = []
-            for module, process in running.items():
-                try:
+            try:
+                for module, process in running.items():
                     code = process.wait(timeout=max(1.0, timeout - (time.monotonic() - started)))
-                except subprocess.TimeoutExpired:
-                    for other in running.values():
-                        other.kill()
-                    raise HarnessError(f"go build took longer than {timeout:.0f} s; see {log_path}") from None
-                if code != 0:
-                    failed.append(module)
+                    if code != 0:
+                        failed.append(module)
+            except subprocess.TimeoutExpired:
+                raise HarnessError(f"go build took longer than {timeout:.0f} s; see {log_path}") from None
+            finally:
+                for process in running.values():
+                    if process.poll() is None:
+                        process.kill()
+                        process.wait()
         if failed:
             tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
             raise HarnessError(f"go build of {', '.join(failed)} failed (full log: {log_path}):\n{tail}")
-        # `go build -o dir/` names each binary after its package's last element.
-        for module, outputs in BUILDS.items():
-            for package, name in outputs:
-                produced = staging / (Path(package).name if package != "." else module)
-                if produced != staging / name:
-                    produced.rename(staging / name)
+        # `go build -o dir/` names each binary after its package (or module) path's last element,
+        # which BUILDS' names are.
         (staging / ".complete").write_text(f"{time.monotonic() - started:.0f} s\n")
         shutil.rmtree(target, ignore_errors=True)
         staging.rename(target)

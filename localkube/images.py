@@ -266,8 +266,8 @@ class Builder:
     def _forget_older(self, name: str) -> None:
         """Drop earlier builds of the same image: vfs layers are full copies and add up fast."""
         current = self.tag(name)
-        for old in self.layout.images.glob(f"{name}-*.tar"):
-            if old.name != f"{name}-{current}.tar" and old.stem.removeprefix(f"{name}-").isalnum():
+        for old in [*self.layout.images.glob(f"{name}-*.tar"), *self.layout.images.glob(f"{name}-*.log")]:
+            if old.stem != f"{name}-{current}" and old.stem.removeprefix(f"{name}-").isalnum():
                 old.unlink(missing_ok=True)
         images = self.buildah("images", "--noheading", "--format={{.Name}}:{{.Tag}}", timeout=60)
         for line in images.split():

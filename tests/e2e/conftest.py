@@ -142,8 +142,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
 
     log = tmp_path_factory.mktemp("localkube") / "serve.log"
     process = subprocess.Popen(
-        [sys.executable, "-m", "localkube", "serve"],
+        # Never written to: if this process dies, the pipe closes and the cluster stops by itself.
+        [sys.executable, "-m", "localkube", "serve", "--stop-on-stdin-eof"],
         cwd=REPO,
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -166,6 +168,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
             _stop(process, log)
             reader.join(timeout=10)
             process.stdout.close()
+            if process.stdin is not None:
+                process.stdin.close()
     left = hostnet.leftovers(layout)
     assert not left, "the cluster left this on the host:\n" + "\n".join(left)
     assert process.returncode == 0, f"localkube serve exited {process.returncode}; see {log}"
