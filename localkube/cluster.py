@@ -65,9 +65,25 @@ def import_image(layout: Layout, tar: Path) -> None:
     """Load an image tar (docker-archive or OCI) into the running cluster's containerd."""
     if not layout.containerd_socket.exists():
         raise HarnessError(f"no cluster is running (no containerd socket at {layout.containerd_socket})")
-    result = ctr(layout, "images", "import", "--no-unpack=false", str(tar))
+    result = ctr(layout, "images", "import", str(tar))
     if result.returncode != 0:
         raise HarnessError(f"importing {tar} failed: {result.stderr.strip()}")
+    # containerd's store outlives the cluster: older builds of the same image would pile up.
+    imported = {line.split()[1] for line in result.stdout.splitlines() if line.startswith("unpacking ")}
+    _forget_older(layout, imported)
+
+
+def _forget_older(layout: Layout, imported: set[str]) -> None:
+    """Remove other tags of the imported localkube images, with the image-ID reference the CRI adds."""
+    repositories = {ref.rsplit(":", 1)[0] for ref in imported if ref.startswith("localhost/localkube/")}
+    for line in ctr(layout, "images", "ls").stdout.splitlines()[1:]:
+        ref, _, manifest = line.split()[:3]
+        if ref.rsplit(":", 1)[0] not in repositories or ref in imported:
+            continue
+        content = ctr(layout, "content", "get", manifest)
+        ctr(layout, "images", "rm", ref)
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            ctr(layout, "images", "rm", json.loads(content.stdout)["config"]["digest"])
 
 
 class Cluster:
