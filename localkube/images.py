@@ -75,14 +75,14 @@ def _digest(*parts: bytes) -> str:
 
 
 def _tree(root: Path, *relative: str) -> list[bytes]:
-    """Names and contents of the files under some paths, caches left out."""
+    """Names and contents of the files under some paths, caches and build output left out."""
     parts = []
     for rel in relative:
         path = root / rel
         files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
         for file in files:
-            if "__pycache__" in file.parts:
-                continue
+            if {"__pycache__", "target"} & set(file.relative_to(root).parts):
+                continue  # build output (Maven's target/ beside bench's sources), not an input
             parts += [str(file.relative_to(root)).encode(), file.read_bytes()]
     return parts
 
