@@ -15,6 +15,8 @@ Exit codes: 0 done, 1 the cluster or a build failed (the message says why), 2 ba
 from __future__ import annotations
 
 import argparse
+import os
+import select
 import shlex
 import signal
 import sys
@@ -59,11 +61,10 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise _Interrupted(signal.Signals(signum).name)
 
 
-def _stop_when_stdin_closes(stop: threading.Event) -> None:
-    """With --stop-on-stdin-eof: the parent that holds our stdin died, so nobody will send SIGTERM."""
-    while sys.stdin.buffer.read(4096):
-        pass
-    stop.set()
+def _stdin_closed(timeout: float) -> bool:
+    """Whether standard input reached its end; waits up to ``timeout`` seconds for news."""
+    readable, _, _ = select.select([sys.stdin.fileno()], [], [], timeout)
+    return bool(readable) and not os.read(sys.stdin.fileno(), 4096)
 
 
 def serve(*, stop_on_stdin_eof: bool = False) -> int:
@@ -86,16 +87,20 @@ def serve(*, stop_on_stdin_eof: bool = False) -> int:
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    if stop_on_stdin_eof:
-        threading.Thread(target=_stop_when_stdin_closes, args=(stop,), daemon=True).start()
     try:
         _say(f"Kubernetes {KUBERNETES_VERSION} is up after {cluster.startup_seconds:.0f} s")
         print(f"export KUBECONFIG={shlex.quote(str(cluster.kubeconfig))}", flush=True)
         print(f"export LOCALKUBE_BIN={shlex.quote(str(cluster.bin))}", flush=True)
         print("# ready", flush=True)
-        # A signal only sets the event; the wait wakes up at once.
-        while not stop.wait(1.0):
-            pass
+        # A signal only sets the event. With --stop-on-stdin-eof, a closed stdin means the parent
+        # that holds it died and nobody will send SIGTERM. (Polled here: a thread blocked reading
+        # stdin would abort the interpreter at exit.)
+        while not stop.is_set():
+            if stop_on_stdin_eof:
+                if _stdin_closed(1.0):
+                    break
+            else:
+                stop.wait(1.0)
     finally:
         clean = _stop(cluster)
     return 0 if clean else 1

@@ -363,4 +363,8 @@ spec:
             self._terminate(name, grace=5.0)
         self._processes.clear()
         hostnet.sweep(self.layout)
+        # The components' logs outlive the run, for whoever has to find out what went wrong.
+        shutil.rmtree(self.layout.last_logs, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            shutil.move(self.layout.logs, self.layout.last_logs)
         shutil.rmtree(self.layout.run, ignore_errors=True)

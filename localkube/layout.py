@@ -99,3 +99,8 @@ class Layout:
     @property
     def logs(self) -> Path:
         return self.run / "logs"
+
+    @property
+    def last_logs(self) -> Path:
+        """The last stopped cluster's component logs, kept until the next one stops."""
+        return self.home / "last-run-logs"

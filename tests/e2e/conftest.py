@@ -129,7 +129,7 @@ def _pump(stream: IO[str], into: IO[str], seen: list[str], changed: threading.Co
 
 
 @pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+def cluster() -> Iterator[LocalCluster]:
     reason = missing_requirements()
     if reason:
         unavailable(reason)
@@ -140,7 +140,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     except HarnessError as exc:
         unavailable(f"building the images failed: {exc}")
 
-    log = tmp_path_factory.mktemp("localkube") / "serve.log"
+    # Beside the cache, not in pytest's temporary directories, which later runs on the machine prune.
+    log = layout.home / "last-serve.log"
     process = subprocess.Popen(
         # Never written to: if this process dies, the pipe closes and the cluster stops by itself.
         [sys.executable, "-m", "localkube", "serve", "--stop-on-stdin-eof"],
