@@ -277,7 +277,12 @@ spec:
 """
         kube = self.kube
         kube.apply(manifest)
-        kube.wait(f"pod/{PROBE_NAME}", "condition=Ready", namespace=PROBE_NAMESPACE, timeout=180)
+        try:
+            kube.wait(f"pod/{PROBE_NAME}", "condition=Ready", namespace=PROBE_NAMESPACE, timeout=180)
+        except HarnessError as exc:
+            events = kube.events(PROBE_NAMESPACE, involving=PROBE_NAME)
+            said = "\n".join(f"  {e.get('reason')}: {e.get('message', '')[:400]}" for e in events[-5:])
+            raise HarnessError(f"{exc}\nthe probe pod's last events:\n{said}") from exc
         pod_ip = kube.get("pod", PROBE_NAME, namespace=PROBE_NAMESPACE)["status"]["podIP"]
         name = f"{PROBE_NAME}.{PROBE_NAMESPACE}.svc.cluster.local."
         poll(lambda: pod_ip in self.resolve(name), timeout=60, what=f"{name} resolving to {pod_ip}")
