@@ -8,7 +8,7 @@ import pytest
 import respx
 from typer.testing import CliRunner
 
-from prestop_agent import __version__
+from prestop_agent import __version__, flags
 from prestop_agent.cli import EXIT_CODES, app, exit_code_for
 from prestop_agent.errors import (
     AuthError,
@@ -162,3 +162,16 @@ def test_register_puts_it_back() -> None:
         result = invoke(["register"])
     assert result.exit_code == 0, result.stderr
     assert inst.enabled is True
+
+
+@pytest.mark.parametrize("command", ["deregister", "register", "status", "serve"])
+def test_help_shows_the_variable_behind_each_flag(command: str) -> None:
+    # Help text is rendered as rich markup: "[env POD_IP]" would be taken for a tag and vanish.
+    result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200", "TERMINAL_WIDTH": "200"})
+    assert result.exit_code == 0
+    declared = [flag for flag in vars(flags).values() if isinstance(flag, flags.Flag)]
+    shown = [flag for flag in declared if f"--{flag.name} " in result.stdout]
+    assert len(shown) >= 3
+    for flag in shown:
+        assert flag.help in result.stdout, f"--{flag.name}: {flag.help!r} not shown"
+        assert "env " in flag.help
