@@ -71,10 +71,60 @@ def load_documents(path: Path) -> list[Doc]:
             where = f" at line {mark.line + 1}, column {mark.column + 1}"
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a manifest") from None
+    except ValueError as exc:  # an integer longer than Python converts (4300 digits)
+        raise ConfigError(f"{path}: not a manifest: {exc}") from None
+    limit = max(EXPANDED_LIMIT, EXPANDED_PER_CHARACTER * len(text))
     docs: list[Doc] = []
     for index, obj in enumerate(raw, start=1):
+        if expanded_size(obj, limit) is None:
+            raise ConfigError(
+                f"{path}: document {index} grows past {limit:,} characters and nodes once its YAML aliases (*name) "
+                "are expanded, or refers to itself; write the repeated parts out"
+            )
         docs.extend(_flatten(path, index, obj))
     return docs
+
+
+# YAML aliases share one object, so a small file can stand for a document of billions of nodes
+# (an "alias bomb"); reading a field of it (str() of an env value, a name, an annotation) would
+# expand it. Manifests use aliases, if at all, to repeat a block a few times.
+EXPANDED_LIMIT = 1_000_000
+EXPANDED_PER_CHARACTER = 10
+
+
+def expanded_size(root: object, limit: int) -> int | None:
+    """Nodes plus characters of the document with every alias written out; None past ``limit`` or for a cycle.
+
+    Each shared object is measured once, so this takes time in the number of distinct objects.
+    """
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[object, bool]] = [(root, False)]
+    while stack:
+        obj, children_done = stack.pop()
+        if not isinstance(obj, (list, dict)):
+            continue
+        key = id(obj)
+        children = [*obj.keys(), *obj.values()] if isinstance(obj, dict) else obj
+        if children_done:
+            total = 1 + sum(sizes[id(c)] if isinstance(c, (list, dict)) else _scalar_size(c) for c in children)
+            if total > limit:
+                return None
+            sizes[key] = total
+            on_path.discard(key)
+        elif key in on_path:
+            return None  # the object contains itself
+        elif key not in sizes:
+            on_path.add(key)
+            stack.append((obj, True))
+            stack.extend((c, False) for c in children if isinstance(c, (list, dict)))
+    return sizes.get(id(root), _scalar_size(root))
+
+
+def _scalar_size(value: object) -> int:
+    return 1 + (len(value) if isinstance(value, (str, bytes)) else 0)
 
 
 def _flatten(path: Path, index: int, obj: object) -> Iterator[Doc]:
