@@ -19,7 +19,7 @@ from pathlib import Path
 from prestop_agent.check.balancers import find_load_balancer, lb_from_env
 from prestop_agent.check.environment import container_env
 from prestop_agent.check.hooks import find_hook, runs_serve
-from prestop_agent.check.manifests import Directory, Doc, load_documents, manifest_files, mapping
+from prestop_agent.check.manifests import Directory, Doc, mapping, read_manifests
 from prestop_agent.check.report import CheckReport, ContainerCheck, Value
 from prestop_agent.check.rules import KUBERNETES_DEFAULT_GRACE_SECONDS, evaluate
 from prestop_agent.errors import ConfigError
@@ -32,18 +32,19 @@ def run_check(paths: Sequence[Path]) -> CheckReport:
     the same directory: one directory holds one application's manifests (as in k8s-examples/).
     Raises ConfigError for unreadable or invalid input, or when no workload is found.
     """
-    files = manifest_files(paths)
-    if not files:
+    found = read_manifests(paths)
+    if not found.files and not found.notes:
         raise ConfigError("no manifest files given; pass YAML files or directories holding them")
     groups: dict[Path, Directory] = {}
-    for path in files:
+    for path, docs in found.files:
         inputs = groups.setdefault(path.parent, Directory())
-        for doc in load_documents(path):
+        for doc in docs:
             inputs.add(doc)
     if not any(inputs.workloads for inputs in groups.values()):
         shown = ", ".join(str(p) for p in paths)
-        raise ConfigError(f"no Deployment, StatefulSet or DaemonSet found in {shown}; nothing to check")
-    report = CheckReport()
+        skipped = f" (passed over as not manifests: {len(found.notes)})" if found.notes else ""
+        raise ConfigError(f"no Deployment, StatefulSet or DaemonSet found in {shown}{skipped}; nothing to check")
+    report = CheckReport(notes=list(found.notes))
     for inputs in groups.values():
         for workload in inputs.workloads:
             report.containers.extend(_check_workload(workload, inputs, report))
