@@ -143,10 +143,12 @@ def load_config(src: Source, watched: Collection[str] = ()) -> EndpointsConfig:
                 )
     # The service-account files are read now, before anything is written: a watcher that cannot be
     # built after the instance was disabled would leave it disabled with nothing to show for it.
-    resolved = namespace.value if namespace is not None else _namespace_file(sa_dir)
-    _token_file(sa_dir)
-    if api_url.startswith("https://"):
-        _cluster_ca(sa_dir)
+    resolved = None if namespace is None else namespace.value
+    if src.local:  # a manifest's pod has its own mount
+        resolved = resolved if resolved is not None else _namespace_file(sa_dir)
+        _token_file(sa_dir)
+        if api_url.startswith("https://"):
+            _cluster_ca(sa_dir)
     return EndpointsConfig(
         api_url=api_url,
         sa_dir=sa_dir,
