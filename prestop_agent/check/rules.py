@@ -105,7 +105,8 @@ class _Timing:
     app_env: ContainerEnv
     sources: list[tuple[str, Mapping[str, Any]]]
     grace: float = KUBERNETES_DEFAULT_GRACE_SECONDS
-    wait: float | None = None
+    wait: float | None = None  # the whole preStop hook
+    budget: float | None = None  # the agent's part of it
     reserve: float | None = None
     agent_grace: float | None = None
     evidence: float | None = None
@@ -164,7 +165,12 @@ def _agent_wait(t: _Timing) -> None:
             "use `deregister --wait`",
         )
         wait = Value(0.0, "--no-wait")
-    check.values.append(("preStop wait", Value(wait.seconds, f"at most the agent budget: {wait.source}")))
+    t.budget = wait.seconds
+    source = f"at most the agent budget: {wait.source}"
+    if t.hook.sleep_s:  # a sleep in the same script runs before or after the agent, not instead
+        wait = Value(None if wait.seconds is None else wait.seconds + t.hook.sleep_s, wait.source)
+        source += f", plus sleep {fmt(t.hook.sleep_s)} in the same script"
+    check.values.append(("preStop wait", Value(wait.seconds, source)))
     check.values.append(("shutdown reserve", reserve))
     t.wait, t.reserve = wait.seconds, reserve.seconds
 
@@ -199,7 +205,7 @@ def _rule_grace(t: _Timing) -> None:
 
 def _rule_budget(t: _Timing) -> None:
     """The agent's budget covers registry propagation plus the cache allowance or the traffic quiet time."""
-    needed, w, r = t.evidence, t.wait, t.reserve
+    needed, w, r = t.evidence, t.budget, t.reserve
     if needed is None or w is None or w >= needed:
         return
     fix = f"raise the budget to {fmt(needed)} (PRESTOP_BUDGET_SECONDS={fmt(needed)})"
