@@ -158,7 +158,10 @@ def _agent_wait(t: _Timing) -> None:
         given = t.agent_grace is not None
         origin = "PRESTOP_GRACE_SECONDS" if given else f"agent default grace {DEFAULT_GRACE_SECONDS:g}"
         wait = Value(max(0.0, default_budget(t.agent_grace, reserve.seconds)), f"{origin} - shutdown reserve")
-    if not t.hook.wait:
+    if not t.hook.wait and t.hook.sleep_s:  # the seed scripts' way: out of the registry, then a fixed sleep
+        check.notes.append("`deregister --no-wait` and a sleep: a fixed wait, not evidence; `--wait` ends on evidence")
+        wait = Value(0.0, "--no-wait")
+    elif not t.hook.wait:
         t.violate(
             "budget",
             "preStop runs `prestop-agent deregister --no-wait`: it does not wait for traffic to leave; "

@@ -12,6 +12,8 @@ from prestop_agent.check import CheckReport, render, run_check
 from prestop_agent.check.settings import Pod
 from prestop_agent.cli import EXIT_OK, EXIT_VIOLATIONS, app
 from prestop_agent.config import derive_service
+from prestop_agent.errors import ConfigError
+from prestop_agent.watchers import aws_alb
 
 runner = CliRunner()
 
@@ -306,3 +308,24 @@ def test_the_shipped_examples_pass_the_agents_validation() -> None:
     result = runner.invoke(app, ["check", str(examples)])
     assert result.exit_code == EXIT_OK, result.stdout
     assert result.stdout.count("accepted by the agent's own validation") == 6
+
+
+def test_no_wait_then_a_sleep_is_a_fixed_wait_not_a_failure(tmp_path: Path) -> None:
+    report = check(tmp_path, manifest(command='["sh", "-c", "prestop-agent deregister --no-wait && sleep 40"]'))
+    assert report.ok, render(report)
+    assert "preStop wait                  40 s  at most the agent budget: --no-wait, plus sleep 40" in render(report)
+    assert any("a fixed wait, not evidence" in n for n in report.containers[0].notes)
+
+
+def test_a_cloud_sdk_missing_here_is_the_images_business(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def missing() -> None:
+        raise ConfigError(aws_alb.MISSING_SDK)
+
+    monkeypatch.setattr(aws_alb, "_require_sdk", missing)
+    env = """
+        - {name: PRESTOP_WAIT_FOR, value: "registry,traffic,aws-alb"}
+        - name: PRESTOP_AWS_TARGET_GROUP_ARNS
+          value: arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/orders/0123456789abcdef
+    """
+    report = check(tmp_path, manifest(env=env))
+    assert not [v for _, v in report.violations if v.rule == "config"], render(report)
