@@ -26,6 +26,7 @@ class Arguments:
     wait: bool = True
     dry_run: bool = False
     refused: str | None = None  # why the run ends at once (exit 2, or --help's exit 0)
+    literal_dollar: bool = False  # a "$" reaches the agent as it is: nothing expands it
 
 
 @functools.cache
@@ -35,8 +36,13 @@ def _commands() -> Mapping[str, Any]:
     return commands
 
 
-def parse_arguments(command: str, args: Sequence[str]) -> Arguments:
-    """``args`` (what follows the command's name) as the agent's command line reads them."""
+def parse_arguments(command: str, args: Sequence[str], *, expanded: bool) -> Arguments:
+    """``args`` (what follows the command's name) as the agent's command line reads them.
+
+    ``expanded``: something replaces ``$VAR`` or ``$(VAR)`` before the agent runs (a shell, or
+    the kubelet in a container's command and args). The kubelet does not expand a lifecycle
+    hook's ``exec`` command: there the agent gets the ``$`` as it is written.
+    """
     if "--help" in args:
         return Arguments(refused="`--help` prints the help and exits 0 without draining")
     parser = _commands()[command]
@@ -53,13 +59,14 @@ def parse_arguments(command: str, args: Sequence[str]) -> Arguments:
             continue
         name = param.opts[0].removeprefix("--")
         flags[name] = value
-        if shell_fills_in(value):
+        if expanded and shell_fills_in(value):
             unknown.add(f"--{name}")
     return Arguments(
         flags,
         frozenset(unknown),
         wait=context.params.get("wait") is not False,
         dry_run=context.params.get("dry_run") is True,
+        literal_dollar=not expanded and any("$" in a for a in args),
     )
 
 

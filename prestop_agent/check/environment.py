@@ -120,7 +120,7 @@ def env_seconds(
 ) -> Value | None:
     """The first of the flag and the variables that is set: a Value, or a Value without seconds if unknown."""
     if flag in flags and shell_fills_in(flags[flag]):
-        check.notes.append(f"--{flag} {flags[flag]} is filled in by the shell; the check assumes nothing for it")
+        check.notes.append(f"--{flag} {flags[flag]} is filled in at run time; the check assumes nothing for it")
         return Value(None, f"--{flag} (unresolved)")
     if flag in flags:
         text, name, origin = flags[flag], f"--{flag}", f"--{flag}"
@@ -148,7 +148,7 @@ def watched_by(
 ) -> tuple[tuple[str, ...], str] | None:
     """The watchers the agent would run, and where that list comes from; None when the manifests cannot tell."""
     if "wait-for" in flags and shell_fills_in(flags["wait-for"]):
-        check.notes.append(f"--wait-for {flags['wait-for']} is filled in by the shell; watchers unknown")
+        check.notes.append(f"--wait-for {flags['wait-for']} is filled in at run time; watchers unknown")
         return None
     if "wait-for" in flags:
         text, origin = flags["wait-for"], "--wait-for"

@@ -85,7 +85,7 @@ def _shell_hook(shown: str, script: str) -> Hook | None:
     sleeps = [_seconds(m.group(1).split()) or 0.0 for m in _SLEEP_IN_SHELL.finditer(script)]
     agent = _AGENT_IN_SHELL.search(script)
     if agent and agent.group(1) == "deregister":
-        arguments = parse_arguments("deregister", shell_arguments(script[agent.end() :]))
+        arguments = parse_arguments("deregister", shell_arguments(script[agent.end() :]), expanded=True)
         return Hook("agent", f"exec {shown}", sleep_s=sum(sleeps), arguments=arguments)
     return Hook("sleep", f"exec {shown}", sleep_s=sum(sleeps)) if sleeps else None
 
@@ -99,7 +99,8 @@ def _exec_hook(words: Sequence[str]) -> Hook | None:
         return _shell_hook(shown, words[2])
     for index, word in enumerate(words):
         if PurePosixPath(word).name == "prestop-agent" and words[index + 1 : index + 2] == ["deregister"]:
-            return Hook("agent", f"exec {shown}", arguments=parse_arguments("deregister", words[index + 2 :]))
+            arguments = parse_arguments("deregister", words[index + 2 :], expanded=False)
+            return Hook("agent", f"exec {shown}", arguments=arguments)
     seconds = _seconds(words[1:]) if base == "sleep" else None
     return Hook("sleep", f"exec {shown}", sleep_s=seconds) if seconds is not None else None
 
@@ -149,10 +150,11 @@ def _http_hook(
         return None, f"preStop httpGet {path} on port {port} is not a prestop-agent sidecar"
     chosen = by_port or sidecars
     sidecar = chosen[0] if chosen else None
-    arguments = parse_arguments("serve", serve_arguments(sidecar) or []) if sidecar is not None else Arguments()
-    return Hook(
-        "agent", f"httpGet {path} port {port}", arguments=arguments, command="serve", settings_from=sidecar
-    ), None
+    serve_args = serve_arguments(sidecar) if sidecar is not None else None
+    # The kubelet expands $(VAR) in a container's command and args (not in a hook's).
+    arguments = parse_arguments("serve", serve_args, expanded=True) if serve_args is not None else Arguments()
+    hook = Hook("agent", f"httpGet {path} port {port}", arguments=arguments, command="serve", settings_from=sidecar)
+    return hook, None
 
 
 def find_hook(container: Mapping[str, Any], pod_spec: Mapping[str, Any]) -> tuple[Hook | None, str | None]:

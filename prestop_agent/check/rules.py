@@ -193,7 +193,9 @@ def _rule_grace(t: _Timing) -> None:
     if w is None or r is None or g >= w + r:
         return
     fix = f"raise terminationGracePeriodSeconds to {fmt(w + r)}"
-    if t.hook.kind == "agent" and t.agent_grace is not None and t.agent_grace > g:
+    if t.hook.kind == "agent" and t.hook.sleep_s:
+        fix += f", or drop the sleep of {fmt(t.hook.sleep_s)} beside the agent, which waits on evidence itself"
+    elif t.hook.kind == "agent" and t.agent_grace is not None and t.agent_grace > g:
         fix += f", or set PRESTOP_GRACE_SECONDS={fmt(g)} to match the pod's grace period"
     elif t.hook.kind == "agent" and g - r > 0:
         fix += f", or lower the budget to {fmt(g - r)} (PRESTOP_BUDGET_SECONDS={fmt(g - r)})"

@@ -43,6 +43,10 @@ MAX_GENERATED_BASE = 58
 
 DOWNWARD_STAND_INS = {"status.podIP": "192.0.2.10", "status.hostIP": "192.0.2.20"}
 RUNTIME_STAND_INS = {"KUBERNETES_SERVICE_HOST": "192.0.2.1", "KUBERNETES_SERVICE_PORT": "443"}
+LITERAL_DOLLAR_HINT = (
+    " (the kubelet does not expand $(VAR) or $VAR in a lifecycle hook's exec command: "
+    'run it through ["sh", "-c", "..."], or let the agent read the variable itself)'
+)
 CREDENTIALS = (
     "NACOS_USERNAME",
     "NACOS_PASSWORD",
@@ -110,8 +114,9 @@ def validate(check: ContainerCheck, hook: Hook, env: ContainerEnv, pod: Pod) -> 
                 f"agent settings not fully checked: {exc}; but {', '.join(unknown)} cannot be known from the files"
             )
         else:
+            hint = LITERAL_DOLLAR_HINT if arguments.literal_dollar else ""
             check.violations.append(
-                Violation("config", f"the agent would refuse its settings and exit 2 without draining: {exc}")
+                Violation("config", f"the agent would refuse its settings and exit 2 without draining: {exc}{hint}")
             )
         return
     unset = _unknowable(src.consulted, env, stand_ins, arguments.unknown)

@@ -174,8 +174,8 @@ def test_a_sleep_after_the_agent_adds_to_the_wait(tmp_path: Path) -> None:
     report = check(tmp_path, manifest(command='["sh", "-c", "prestop-agent deregister --wait; sleep 30"]', grace=30))
     assert violations(report) == [
         "[grace] terminationGracePeriodSeconds 30 < preStop wait 50 + shutdown reserve 10: the kubelet kills the "
-        "app before it has shut down; raise terminationGracePeriodSeconds to 60, or lower the budget to 20 "
-        "(PRESTOP_BUDGET_SECONDS=20)"
+        "app before it has shut down; raise terminationGracePeriodSeconds to 60, or drop the sleep of 30 beside "
+        "the agent, which waits on evidence itself"
     ]
     assert "at most the agent budget: agent default grace 30 - shutdown reserve, plus sleep 30 in the same script" in (
         render(report)
@@ -247,7 +247,16 @@ def test_a_flag_the_shell_fills_in_is_not_guessed(tmp_path: Path) -> None:
     assert report.ok, render(report)
     text = render(report)
     assert "taken as unset, not known from the files: --budget" in text
-    assert "--budget $BUDGET is filled in by the shell" in text
+    assert "--budget $BUDGET is filled in at run time" in text
+
+
+def test_a_variable_in_an_exec_hook_reaches_the_agent_unexpanded(tmp_path: Path) -> None:
+    env = '- {name: BUDGET, value: "25"}'
+    said = refused(
+        check(tmp_path, manifest(env=env, command='["prestop-agent", "deregister", "--budget", "$(BUDGET)"]'))
+    )
+    assert "--budget='$(BUDGET)' is not a number of seconds" in said
+    assert "the kubelet does not expand $(VAR) or $VAR in a lifecycle hook's exec command" in said
 
 
 def test_the_endpoints_watcher_needs_nothing_of_this_machine(tmp_path: Path) -> None:
