@@ -278,11 +278,14 @@ class Builder:
 
 def _bench_jars() -> tuple[Path, Path]:
     """The benchmark's provider and consumer jars, built (and cached) by bench/rollout.py itself."""
-    spec = importlib.util.spec_from_file_location("localkube_bench_rollout", REPO / "bench" / "rollout.py")
+    bench = REPO / "bench"
+    spec = importlib.util.spec_from_file_location("localkube_bench_rollout", bench / "rollout.py")
     if spec is None or spec.loader is None:
         raise HarnessError("bench/rollout.py cannot be loaded")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up there
+    if str(bench) not in sys.path:
+        sys.path.insert(0, str(bench))  # it imports its sibling modules as a script does
     spec.loader.exec_module(module)
     jars: tuple[Path, Path] = module.build_apps()
     return jars
@@ -290,7 +293,7 @@ def _bench_jars() -> tuple[Path, Path]:
 
 def _nacos_context(work: Path) -> None:
     """The compiled server, its jars in Maven's classpath order, and a java argfile naming them."""
-    from localnacos.harness import build as build_nacos
+    from localnacos import build as build_nacos
 
     built = build_nacos("server-2x")
     (work / "nacos" / "lib").mkdir(parents=True)

@@ -1,21 +1,21 @@
-"""Real Nacos servers and registering clients, started locally for integration tests and the demo."""
+"""Real Nacos servers and registering clients, started locally for integration tests and the demo.
 
-from localnacos.harness import (
+In the order a test uses them: ``machine`` (cache directory, free ports, process groups),
+``maven`` (cached builds of the Java programs), ``server`` (a Nacos server process),
+``instances`` (instances registered over gRPC or HTTP).
+"""
+
+from localnacos.instances import HttpInstance, JavaInstance
+from localnacos.machine import HarnessError, Lifecycle, cache_dir, free_port, port_free, wait_until
+from localnacos.maven import build, java_available
+from localnacos.server import (
     ADMIN_PASSWORD,
     ADMIN_USERNAME,
     CLIENT_VERSIONS,
     SERVER_AUTH_SUPPORT,
     SERVER_VERSIONS,
     AuthUnavailableError,
-    HarnessError,
-    HttpInstance,
-    JavaInstance,
-    NacosServer,
-    build,
-    cache_dir,
-    free_port,
-    java_available,
-    wait_until,
+    NacosProcess,
 )
 
 __all__ = [
@@ -28,10 +28,12 @@ __all__ = [
     "HarnessError",
     "HttpInstance",
     "JavaInstance",
-    "NacosServer",
+    "Lifecycle",
+    "NacosProcess",
     "build",
     "cache_dir",
     "free_port",
     "java_available",
+    "port_free",
     "wait_until",
 ]

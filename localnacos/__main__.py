@@ -15,7 +15,7 @@ import threading
 import time
 from types import FrameType
 
-from localnacos.harness import HarnessError, JavaInstance, NacosServer
+from localnacos import HarnessError, JavaInstance, NacosProcess
 
 DEMO_SERVICE = "demo-provider"
 DEMO_IP = "127.0.0.1"
@@ -48,7 +48,7 @@ def serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
 
-    server = NacosServer(args.major, auth=args.auth)
+    server = NacosProcess(args.major, auth=args.auth)
     _say(f"starting Nacos {server.version} (auth {'on' if args.auth else 'off'}); the first run downloads it")
     started = time.monotonic()
     try:

@@ -10,12 +10,15 @@ Exit codes (the README repeats this table):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import ssl
 import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator
+from types import FrameType
 from typing import Annotated
 
 import httpx
@@ -24,9 +27,20 @@ import typer
 
 from prestop_agent import PROCESS_STARTED, __version__
 from prestop_agent.agent import Deps, Report, run_deregister, run_register, run_status
-from prestop_agent.clock import SystemClock
+from prestop_agent.clock import Clock, SystemClock
 from prestop_agent.config import Settings, load
-from prestop_agent.errors import BudgetExhausted, ConfigError, PrestopError, RegistryError
+from prestop_agent.errors import BudgetExhausted, ConfigError, Interrupted, PrestopError, RegistryError
+from prestop_agent.flags import (
+    BIND,
+    BUDGET,
+    CONSUMER_CACHE,
+    INSTANCE,
+    LISTEN_PORT,
+    TIMEOUT,
+    WAIT_FOR,
+    Flags,
+    with_flags,
+)
 from prestop_agent.logs import RunClock, Secrets, configure, is_terminal, open_pid1_stdout
 from prestop_agent.source import Source
 
@@ -78,48 +92,24 @@ def _root(
     """prestop-agent: drain a pod on evidence, never past its budget."""
 
 
-# -- shared options --------------------------------------------------------------------------------
-
-PodIp = Annotated[str | None, typer.Option("--pod-ip", help="Pod IP [env POD_IP]", show_default=False)]
-Port = Annotated[str | None, typer.Option("--port", help="Registered port [env NACOS_SERVICE_PORT, SERVER_PORT]")]
-Server = Annotated[
-    str | None, typer.Option("--server", help="Nacos addresses, comma-separated [env NACOS_SERVER_ADDR]")
-]
-Service = Annotated[str | None, typer.Option("--service", help="Service name [env NACOS_SERVICE_NAME]")]
-Namespace = Annotated[str | None, typer.Option("--namespace", help="Namespace id [env NACOS_NAMESPACE]")]
-Group = Annotated[str | None, typer.Option("--group", help="Group [env NACOS_GROUP]")]
-Cluster = Annotated[str | None, typer.Option("--cluster", help="Cluster [env NACOS_CLUSTER]")]
-Api = Annotated[str | None, typer.Option("--api", help="auto, v1, v2 or v3 [env NACOS_API]")]
-Budget = Annotated[str | None, typer.Option("--budget", help="Seconds before exit [env PRESTOP_BUDGET_SECONDS]")]
-WaitFor = Annotated[str | None, typer.Option("--wait-for", help="Watchers, comma-separated [env PRESTOP_WAIT_FOR]")]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object on stdout.")]
 
 
-def _flags(**flags: object) -> dict[str, object | None]:
-    return {name.replace("_", "-"): value for name, value in flags.items()}
-
-
-def _settings(environ: Mapping[str, str], flags: Mapping[str, object | None]) -> Settings:
-    return load(Source(environ, flags))
-
-
-def _execute(
-    flags: Mapping[str, object | None],
-    command: Callable[[Settings, Deps], Report],
-    *,
-    json_out: bool,
-    watchdog_s: Callable[[Settings], float],
-    wait_out_on_crash: bool,
-) -> None:
+@contextlib.contextmanager
+def _bad_input_exits() -> Iterator[None]:
+    """Bad input ends here: one line naming what is wrong and how to fix it, exit 2, nothing sent."""
     try:
-        settings = _settings(os.environ, flags)
+        yield
     except ConfigError as exc:
         typer.echo(f"prestop-agent: {exc}", err=True)
         raise typer.Exit(EXIT_CONFIG) from None
+
+
+def _start_logging(settings: Settings, run: RunClock, *secret_values: str) -> Secrets:
+    """The secrets every output is scrubbed of, and the log setup: the same for every command."""
     secrets = Secrets()
-    if settings.password is not None:
-        secrets.add(settings.password.value)
-    run = RunClock()
+    for value in (settings.password.value if settings.password else None, *secret_values):
+        secrets.add(value)
     configure(
         stream=sys.stderr,
         console=is_terminal(sys.stderr),
@@ -127,21 +117,64 @@ def _execute(
         run=run,
         tee=open_pid1_stdout(settings.log_to_pid1.value, pid=os.getpid()),
     )
+    return secrets
+
+
+def _started() -> float:
+    """When the budget starts counting: at process start when run as a program, else now."""
+    return _process_started if _process_started is not None else SystemClock().monotonic()
+
+
+def _execute(
+    flags: Flags,
+    command: Callable[[Settings, Deps], Report],
+    *,
+    json_out: bool,
+    watchdog_s: Callable[[Settings], float],
+    wait_out_on_crash: bool,
+) -> None:
+    with _bad_input_exits():
+        settings = load(Source(os.environ, flags))
+    run = RunClock()
+    secrets = _start_logging(settings, run)
     clock = SystemClock()
-    started = _process_started if _process_started is not None else clock.monotonic()
+    started = _started()
     watchdog = _start_watchdog(watchdog_s(settings) - (clock.monotonic() - started))
     try:
-        report = _run_command(settings, command, clock, secrets, run, started, wait_out_on_crash=wait_out_on_crash)
+        with _interruptible():
+            report = _run_command(settings, command, clock, secrets, run, started, wait_out_on_crash=wait_out_on_crash)
         _print(report, json_out=json_out, secrets=secrets)
+    except KeyboardInterrupt as exc:
+        interrupted = exc if isinstance(exc, Interrupted) else Interrupted(signal.SIGINT)
+        typer.echo(secrets.net(f"prestop-agent: {interrupted.message}"), err=True)
+        raise typer.Exit(128 + interrupted.signum) from None
     finally:
         watchdog.cancel()
     raise typer.Exit(exit_code_for(report.error))
 
 
+@contextlib.contextmanager
+def _interruptible() -> Iterator[None]:
+    """SIGTERM and SIGINT raise ``Interrupted``, so a stopped manual run can say what it left behind."""
+
+    def interrupt(signum: int, _frame: FrameType | None) -> None:
+        raise Interrupted(signum, f"interrupted by {signal.Signals(signum).name}")
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def _run_command(
     settings: Settings,
     command: Callable[[Settings, Deps], Report],
-    clock: SystemClock,
+    clock: Clock,
     secrets: Secrets,
     run: RunClock,
     started: float,
@@ -187,14 +220,14 @@ def _start_watchdog(seconds: float) -> threading.Timer:
 
 def _print(report: Report, *, json_out: bool, secrets: Secrets) -> None:
     if json_out:
-        typer.echo(secrets.scrub(json.dumps(report.as_dict(), default=str, indent=None)))
+        typer.echo(secrets.dumps(report.as_dict()))
         return
     if report.command == "status":
-        typer.echo(secrets.scrub(_status_text(report)))
+        typer.echo(secrets.net(_status_text(report)))
     line = f"{report.command}: {report.outcome}"
     if report.error is not None:
         line += f": {report.error}"
-    typer.echo(secrets.scrub(line), err=report.error is not None)
+    typer.echo(secrets.net(line), err=report.error is not None)
 
 
 def _view_text(view: dict[str, object]) -> str:
@@ -232,38 +265,14 @@ def _status_text(report: Report) -> str:
 
 
 @app.command()
+@with_flags(*INSTANCE, BUDGET, WAIT_FOR, CONSUMER_CACHE)
 def deregister(
+    flags: Flags,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait for evidence that traffic has left.")] = True,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Read and report; send no write.")] = False,
     json_out: JsonOut = False,
-    pod_ip: PodIp = None,
-    port: Port = None,
-    server: Server = None,
-    service: Service = None,
-    namespace: Namespace = None,
-    group: Group = None,
-    cluster: Cluster = None,
-    api: Api = None,
-    budget: Budget = None,
-    wait_for: WaitFor = None,
-    consumer_cache: Annotated[
-        str | None, typer.Option("--consumer-cache", help="Seconds [env PRESTOP_CONSUMER_CACHE_SECONDS]")
-    ] = None,
 ) -> None:
     """Take this pod's instance out of Nacos; with --wait, wait until the evidence says traffic has left."""
-    flags = _flags(
-        pod_ip=pod_ip,
-        port=port,
-        server=server,
-        service=service,
-        namespace=namespace,
-        group=group,
-        cluster=cluster,
-        api=api,
-        budget=budget,
-        wait_for=wait_for,
-        consumer_cache=consumer_cache,
-    )
     _execute(
         flags,
         lambda settings, deps: run_deregister(settings, deps, wait=wait, dry_run=dry_run),
@@ -274,33 +283,13 @@ def deregister(
 
 
 @app.command()
+@with_flags(*INSTANCE, TIMEOUT)
 def register(
+    flags: Flags,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="First wait until the app has registered.")] = False,
     json_out: JsonOut = False,
-    pod_ip: PodIp = None,
-    port: Port = None,
-    server: Server = None,
-    service: Service = None,
-    namespace: Namespace = None,
-    group: Group = None,
-    cluster: Cluster = None,
-    api: Api = None,
-    timeout: Annotated[
-        str | None, typer.Option("--timeout", help="Seconds [env PRESTOP_REGISTER_TIMEOUT_SECONDS]")
-    ] = None,
 ) -> None:
     """Put the instance back (enabled=true); with --wait, first wait until the app has (re-)registered it."""
-    flags = _flags(
-        pod_ip=pod_ip,
-        port=port,
-        server=server,
-        service=service,
-        namespace=namespace,
-        group=group,
-        cluster=cluster,
-        api=api,
-        timeout=timeout,
-    )
     _execute(
         flags,
         lambda settings, deps: run_register(settings, deps, wait=wait),
@@ -311,30 +300,9 @@ def register(
 
 
 @app.command()
-def status(
-    json_out: JsonOut = False,
-    pod_ip: PodIp = None,
-    port: Port = None,
-    server: Server = None,
-    service: Service = None,
-    namespace: Namespace = None,
-    group: Group = None,
-    cluster: Cluster = None,
-    api: Api = None,
-    wait_for: WaitFor = None,
-) -> None:
+@with_flags(*INSTANCE, WAIT_FOR)
+def status(flags: Flags, json_out: JsonOut = False) -> None:
     """Show the resolved identity, each server's view of the instance, and what deregister would do."""
-    flags = _flags(
-        pod_ip=pod_ip,
-        port=port,
-        server=server,
-        service=service,
-        namespace=namespace,
-        group=group,
-        cluster=cluster,
-        api=api,
-        wait_for=wait_for,
-    )
     _execute(
         flags,
         run_status,
@@ -345,78 +313,34 @@ def status(
 
 
 @app.command()
-def serve(
-    pod_ip: PodIp = None,
-    port: Port = None,
-    server: Server = None,
-    service: Service = None,
-    namespace: Namespace = None,
-    group: Group = None,
-    cluster: Cluster = None,
-    api: Api = None,
-    budget: Budget = None,
-    wait_for: WaitFor = None,
-    consumer_cache: Annotated[
-        str | None, typer.Option("--consumer-cache", help="Seconds [env PRESTOP_CONSUMER_CACHE_SECONDS]")
-    ] = None,
-    listen_port: Annotated[
-        str | None, typer.Option("--listen-port", help="Port to listen on, never the app's [env PRESTOP_SERVE_PORT]")
-    ] = None,
-    bind: Annotated[str | None, typer.Option("--bind", help="Address to listen on [env PRESTOP_SERVE_BIND]")] = None,
-) -> None:
+@with_flags(*INSTANCE, BUDGET, WAIT_FOR, CONSUMER_CACHE, LISTEN_PORT, BIND)
+def serve(flags: Flags) -> None:
     """Sidecar mode: serve /prestop (deregister --wait), /status and /register for a preStop httpGet hook."""
-    from prestop_agent import serve as sidecar  # only this command needs the HTTP server
+    # Only this command needs the HTTP server.
+    from prestop_agent.serve.listener import Listener, run
+    from prestop_agent.serve.operations import Operations, ThreadRunClock
+    from prestop_agent.serve.routes import Routes
+    from prestop_agent.serve.settings import load_config
 
-    started = _process_started if _process_started is not None else SystemClock().monotonic()
-    flags = _flags(
-        pod_ip=pod_ip,
-        port=port,
-        server=server,
-        service=service,
-        namespace=namespace,
-        group=group,
-        cluster=cluster,
-        api=api,
-        budget=budget,
-        wait_for=wait_for,
-        consumer_cache=consumer_cache,
-        listen_port=listen_port,
-        bind=bind,
-    )
-    try:
-        settings = _settings(os.environ, flags)
-        config = sidecar.load_config(Source(os.environ, flags), settings)
-    except ConfigError as exc:
-        typer.echo(f"prestop-agent: {exc}", err=True)
-        raise typer.Exit(EXIT_CONFIG) from None
+    started = _started()
+    src = Source(os.environ, flags)
+    with _bad_input_exits():
+        settings = load(src)
+        config = load_config(src, settings)
     _tls(settings)  # an unreadable CA bundle is a configuration error now, not at the first drain
-    secrets = Secrets()
-    if settings.password is not None:
-        secrets.add(settings.password.value)
-    if config.token is not None:
-        secrets.add(config.token.value)
-    run = sidecar.ThreadRunClock()
-    configure(
-        stream=sys.stderr,
-        console=is_terminal(sys.stderr),
-        secrets=secrets,
-        run=run,
-        tee=open_pid1_stdout(settings.log_to_pid1.value, pid=os.getpid()),
-    )
+    run_clock = ThreadRunClock()
+    secrets = _start_logging(settings, run_clock, *([config.token.value] if config.token else []))
 
     # No process-wide watchdog here: the budget applies per drain, and the sidecar answers each
     # /prestop by its budget's end (plus a fraction of a second) even if the drain is stuck.
     def runner(
-        command: Callable[[Settings, Deps], Report], op_started: float, clock: SystemClock, crash_wait: bool
+        command: Callable[[Settings, Deps], Report], op_started: float, clock: Clock, crash_wait: bool
     ) -> Report:
-        return _run_command(settings, command, clock, secrets, run, op_started, wait_out_on_crash=crash_wait)
+        return _run_command(settings, command, clock, secrets, run_clock, op_started, wait_out_on_crash=crash_wait)
 
-    try:
-        listening = sidecar.Service(sidecar.SidecarApp(sidecar.Sidecar(settings, runner), config, secrets))
-    except ConfigError as exc:
-        typer.echo(f"prestop-agent: {exc}", err=True)
-        raise typer.Exit(EXIT_CONFIG) from None
-    raise typer.Exit(sidecar.run(listening, started=started))
+    with _bad_input_exits():
+        listener = Listener(Routes(Operations(settings, runner, SystemClock()), config, secrets))
+    raise typer.Exit(run(listener, started=started))
 
 
 @app.command()
@@ -432,11 +356,8 @@ def check(
 
     from prestop_agent.check import render, run_check
 
-    try:
+    with _bad_input_exits():
         report = run_check([Path(f) for f in files])
-    except ConfigError as exc:
-        typer.echo(f"prestop-agent: {exc}", err=True)
-        raise typer.Exit(exit_code_for(exc)) from None
     typer.echo(render(report))
     raise typer.Exit(EXIT_OK if report.ok else EXIT_VIOLATIONS)
 

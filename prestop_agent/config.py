@@ -10,12 +10,12 @@ from typing import Any
 from prestop_agent.errors import ConfigError
 from prestop_agent.nacos.model import ServerAddress, ServiceKey, parse_server_addresses
 from prestop_agent.source import Resolved, Source, parse_ip, parse_port
-from prestop_agent.watchers import catalog
+from prestop_agent.watchers import catalog, registry
+from prestop_agent.watchers.base import WatcherConfig
 
 API_CHOICES = ("auto", "v1", "v2", "v3")
 DEFAULT_GRACE_SECONDS = 30.0
 DEFAULT_SHUTDOWN_RESERVE_SECONDS = 10.0
-DEFAULT_CONSUMER_CACHE_SECONDS = 35.0
 DEFAULT_REGISTER_TIMEOUT_SECONDS = 120.0
 # Registry proof plus direct evidence of traffic: with the traffic watcher on, the consumer-cache
 # allowance is not needed as a proxy (it defaults to 0); without it, 35 s covers the caches.
@@ -26,6 +26,12 @@ _SAFE = "bcdfghjklmnpqrstvwxz2456789"
 _DEPLOYMENT_POD = re.compile(rf"^(?P<base>[a-z0-9][a-z0-9.-]*?)-[{_SAFE}]{{6,10}}-[{_SAFE}]{{5}}$")
 _STATEFUL_POD = re.compile(r"^(?P<base>[a-z0-9][a-z0-9.-]*?)-\d+$")
 _GENERATED_POD = re.compile(rf"^(?P<base>[a-z0-9][a-z0-9.-]*?)-[{_SAFE}]{{5}}$")
+# Kubernetes cuts a generateName base longer than 58 characters to 58 and appends 5 random ones
+# (apiserver's names.SimpleNameGenerator), so a Deployment pod's ReplicaSet hash, or the dash
+# before the random part, may be cut: the workload name is what stands before the last dash.
+_MAX_GENERATED_BASE = 58
+_TRUNCATED_BASE = re.compile(rf"^(?P<base>[a-z0-9][a-z0-9.-]*[a-z0-9])-[{_SAFE}]{{0,10}}$")
+_RANDOM_SUFFIX = re.compile(rf"^[{_SAFE}]{{5}}$")
 
 
 @dataclass(frozen=True)
@@ -50,7 +56,7 @@ class Settings:
     ca_bundle: Resolved[str] | None
     log_to_pid1: Resolved[str]
     wait_for: Resolved[tuple[str, ...]]
-    watcher_configs: Mapping[str, object] = field(default_factory=dict)
+    watcher_configs: Mapping[str, WatcherConfig] = field(default_factory=dict)
 
     @property
     def key(self) -> ServiceKey:
@@ -87,6 +93,11 @@ def derive_service(pod_name: str) -> str | None:
         match = pattern.match(pod_name)
         if match:
             return match.group("base")
+    base, suffix = pod_name[:_MAX_GENERATED_BASE], pod_name[_MAX_GENERATED_BASE:]
+    if _RANDOM_SUFFIX.match(suffix):
+        match = _TRUNCATED_BASE.match(base)
+        if match:
+            return match.group("base")
     return None
 
 
@@ -95,19 +106,19 @@ def load(src: Source) -> Settings:
     pod_ip_raw = src.raw("POD_IP", "PODIP", flag="pod-ip")
     if pod_ip_raw is None:
         raise ConfigError("POD_IP is not set; add it from the downward API (env valueFrom fieldRef: status.podIP)")
-    pod_ip = Resolved(parse_ip(_name(pod_ip_raw), pod_ip_raw.value), pod_ip_raw.source)
+    pod_ip = pod_ip_raw.parsed(parse_ip)
 
     port_raw = src.raw("NACOS_SERVICE_PORT", "SERVER_PORT", flag="port")
     if port_raw is None:
         raise ConfigError("NACOS_SERVICE_PORT is not set; set it to the port the app registers in Nacos")
-    port = Resolved(parse_port(_name(port_raw), port_raw.value), port_raw.source)
+    port = port_raw.parsed(parse_port)
 
     servers_raw = src.raw(
         "NACOS_SERVER_ADDR", "SPRING_CLOUD_NACOS_DISCOVERY_SERVER_ADDR", "SPRING_CLOUD_NACOS_SERVER_ADDR", flag="server"
     )
     if servers_raw is None:
         raise ConfigError("NACOS_SERVER_ADDR is not set; set it to the Nacos address, e.g. nacos-headless:8848")
-    servers = Resolved(parse_server_addresses(_name(servers_raw), servers_raw.value), servers_raw.source)
+    servers = servers_raw.parsed(parse_server_addresses)
 
     pod_name = src.raw("HOSTNAME", flag="pod-name")
     service_raw = src.raw(
@@ -118,34 +129,39 @@ def load(src: Source) -> Settings:
         if pod_name is None:
             raise ConfigError("NACOS_SERVICE_NAME is not set and HOSTNAME is unknown; set NACOS_SERVICE_NAME")
         derived = derive_service(pod_name.value)
-        if derived is None:
-            raise ConfigError(
-                f"cannot derive the service name from HOSTNAME={pod_name.value!r}; set NACOS_SERVICE_NAME"
+        if derived is None:  # the README's promise: then the instance is looked up by ip:port
+            service_raw = Resolved(
+                "", f"none derivable from HOSTNAME={pod_name.value}: looked up by ip:port", "NACOS_SERVICE_NAME"
             )
-        service_raw = Resolved(derived, f"derived from HOSTNAME={pod_name.value}")
+        else:
+            service_raw = Resolved(derived, f"derived from HOSTNAME={pod_name.value}", "NACOS_SERVICE_NAME")
         service_derived = True
 
     api = src.string("NACOS_API", flag="api", default="auto")
     if api.value.lower() not in API_CHOICES:
-        raise ConfigError(f"{_name(api)}={api.value!r} is not a known API; use one of {', '.join(API_CHOICES)}")
-    api = Resolved(api.value.lower(), api.source)
+        raise ConfigError(f"{api.name}={api.value!r} is not a known API; use one of {', '.join(API_CHOICES)}")
+    api = api.parsed(lambda _name, value: value.lower())
 
     username = src.raw(
         "NACOS_USERNAME", "SPRING_CLOUD_NACOS_DISCOVERY_USERNAME", "SPRING_CLOUD_NACOS_USERNAME", flag="username"
     )
-    password = src.raw("NACOS_PASSWORD", "SPRING_CLOUD_NACOS_DISCOVERY_PASSWORD", "SPRING_CLOUD_NACOS_PASSWORD")
+    password = src.raw(
+        "NACOS_PASSWORD", "SPRING_CLOUD_NACOS_DISCOVERY_PASSWORD", "SPRING_CLOUD_NACOS_PASSWORD", strip=False
+    )
     if (username is None) != (password is None):
         missing = "NACOS_PASSWORD" if password is None else "NACOS_USERNAME"
         raise ConfigError(f"{missing} is not set but its partner is; set both NACOS_USERNAME and NACOS_PASSWORD")
 
     host_ip_raw = src.raw("HOST_IP", flag="host-ip")
-    host_ip = Resolved(parse_ip(_name(host_ip_raw), host_ip_raw.value), host_ip_raw.source) if host_ip_raw else None
+    host_ip = host_ip_raw.parsed(parse_ip) if host_ip_raw else None
 
-    wait_for = src.items("PRESTOP_WAIT_FOR", flag="wait-for") or Resolved(DEFAULT_WAIT_FOR, "default")
+    wait_for = src.items("PRESTOP_WAIT_FOR", flag="wait-for") or Resolved(
+        DEFAULT_WAIT_FOR, "default", "PRESTOP_WAIT_FOR"
+    )
     if not wait_for.value:
-        raise ConfigError(f"{_name(wait_for)} is empty; name at least one watcher, e.g. registry")
-    wait_names = tuple(dict.fromkeys(w.lower() for w in wait_for.value))
-    watcher_configs = catalog.load_configs(wait_names, src, _name(wait_for))
+        raise ConfigError(f"{wait_for.name} is empty; name at least one watcher, e.g. registry")
+    wait_names = catalog.watcher_names(wait_for.value)
+    watcher_configs = catalog.load_configs(wait_names, src, wait_for.name)
     log_to_pid1 = src.string("PRESTOP_LOG_TO_PID1", default="auto")
     if log_to_pid1.value.lower() not in ("auto", "true", "false"):
         raise ConfigError(f"PRESTOP_LOG_TO_PID1={log_to_pid1.value!r} must be auto, true or false")
@@ -169,11 +185,7 @@ def load(src: Source) -> Settings:
         password=password,
         api=api,
         budget=_budget(src),
-        consumer_cache=src.seconds(
-            "PRESTOP_CONSUMER_CACHE_SECONDS",
-            flag="consumer-cache",
-            default=0.0 if "traffic" in wait_names else DEFAULT_CONSUMER_CACHE_SECONDS,
-        ),
+        consumer_cache=registry.consumer_cache(src, wait_names),
         register_timeout=(
             src.seconds(
                 "PRESTOP_REGISTER_TIMEOUT_SECONDS",
@@ -184,10 +196,17 @@ def load(src: Source) -> Settings:
         ),
         request_timeout=(src.seconds("PRESTOP_REQUEST_TIMEOUT_SECONDS", default=5.0, minimum=0.1)),
         ca_bundle=src.raw("PRESTOP_CA_BUNDLE", "NACOS_CA_BUNDLE"),
-        log_to_pid1=Resolved(log_to_pid1.value.lower(), log_to_pid1.source),
-        wait_for=Resolved(wait_names, wait_for.source),
+        log_to_pid1=log_to_pid1.parsed(lambda _name, value: value.lower()),
+        wait_for=Resolved(wait_names, wait_for.source, wait_for.name),
         watcher_configs=watcher_configs,
     )
+
+
+def default_budget(grace: float | None, reserve: float | None) -> float:
+    """The budget when none is set: the grace period minus the shutdown reserve, each at its default if unset."""
+    grace_s = DEFAULT_GRACE_SECONDS if grace is None else grace
+    reserve_s = DEFAULT_SHUTDOWN_RESERVE_SECONDS if reserve is None else reserve
+    return grace_s - reserve_s
 
 
 def _budget(src: Source) -> Resolved[float]:
@@ -199,18 +218,15 @@ def _budget(src: Source) -> Resolved[float]:
     if budget is not None:
         if grace is not None and budget.value > grace_s:
             raise ConfigError(
-                f"{_name(budget)}={budget.value:g} is longer than {_name(grace)}={grace_s:g}; the kubelet would kill "
+                f"{budget.name}={budget.value:g} is longer than {grace.name}={grace_s:g}; the kubelet would kill "
                 "the pod mid-wait: lower the budget or raise terminationGracePeriodSeconds"
             )
         return budget
-    if reserve_s >= grace_s:
+    budget_s = default_budget(grace.value if grace else None, reserve.value if reserve else None)
+    if budget_s <= 0:
         raise ConfigError(
             f"PRESTOP_SHUTDOWN_RESERVE_SECONDS={reserve_s:g} leaves no time within PRESTOP_GRACE_SECONDS={grace_s:g}; "
             "raise the grace period or lower the reserve"
         )
     origin = "default" if grace is None and reserve is None else "grace - shutdown reserve"
-    return Resolved(grace_s - reserve_s, origin)
-
-
-def _name(found: Resolved[Any]) -> str:
-    return found.source.removeprefix("env ")
+    return Resolved(budget_s, origin, "PRESTOP_BUDGET_SECONDS")

@@ -11,31 +11,17 @@ import json
 import re
 import sys
 from collections.abc import MutableMapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 import structlog
 
 from prestop_agent.clock import Deadline
+from prestop_agent.masking import MASK, Secrets
+
+__all__ = ["MASK", "RunClock", "Secrets", "configure", "is_terminal", "open_pid1_stdout"]
 
 SECRET_KEYS = re.compile(r"(password|passwd|secret|token|authorization|credential)", re.IGNORECASE)
-MASK = "***"
-
-
-@dataclass
-class Secrets:
-    """Values that must never be printed; every rendered line is scrubbed of them."""
-
-    values: set[str] = field(default_factory=set)
-
-    def add(self, value: str | None) -> None:
-        if value and len(value) >= 3:
-            self.values.add(value)
-
-    def scrub(self, text: str) -> str:
-        for value in sorted(self.values, key=len, reverse=True):
-            text = text.replace(value, MASK)
-        return text
 
 
 @dataclass
@@ -52,6 +38,19 @@ def _mask_keys(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMappi
     return event
 
 
+class _MaskValues:
+    """The safety net over every value of an event (never its name, never a key); see ``masking``."""
+
+    def __init__(self, secrets: Secrets) -> None:
+        self._secrets = secrets
+
+    def __call__(self, _: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        for key in list(event):
+            if key != "event":
+                event[key] = self._secrets.tree(event[key])
+        return event
+
+
 class _Timing:
     def __init__(self, run: RunClock) -> None:
         self._run = run
@@ -65,19 +64,18 @@ class _Timing:
 
 
 class _Render:
-    """Render once as JSON (the copy for PID 1) and as the primary stream's format; scrub both."""
+    """Render once as JSON (the copy for PID 1) and as the primary stream's format."""
 
-    def __init__(self, *, console: bool, secrets: Secrets, tee: TextIO | None) -> None:
+    def __init__(self, *, console: bool, tee: TextIO | None) -> None:
         self._console = (
             structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback)
             if console
             else None
         )
-        self._secrets = secrets
         self._tee = tee
 
     def __call__(self, logger: Any, name: str, event: MutableMapping[str, Any]) -> str:
-        line = self._secrets.scrub(json.dumps(event, default=str, sort_keys=False))
+        line = json.dumps(event, default=str, sort_keys=False)
         if self._tee is not None:
             try:
                 self._tee.write(line + "\n")
@@ -85,7 +83,7 @@ class _Render:
             except OSError:
                 self._tee = None  # PID 1's stdout went away; keep logging to our own stream
         if self._console is not None:
-            return self._secrets.scrub(self._console(logger, name, dict(event)))
+            return self._console(logger, name, dict(event))
         return line
 
 
@@ -109,7 +107,8 @@ def configure(*, stream: TextIO, console: bool, secrets: Secrets, run: RunClock,
             _Timing(run),
             _mask_keys,
             structlog.processors.format_exc_info,
-            _Render(console=console, secrets=secrets, tee=tee),
+            _MaskValues(secrets),
+            _Render(console=console, tee=tee),
         ],
         logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=False,

@@ -9,81 +9,115 @@ from __future__ import annotations
 
 import ipaddress
 import math
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from prestop_agent.errors import ConfigError
 
 T = TypeVar("T")
+U = TypeVar("U")
 
 
 @dataclass(frozen=True)
 class Resolved(Generic[T]):
-    """A value and the name of the source that supplied it (``--flag``, ``env NAME``, ``default``)."""
+    """A value, the source that supplied it (``--flag``, ``env NAME``, ``default``), and the name a message shows.
+
+    ``name`` is the flag or variable that supplied the value; for a default, the setting's own
+    variable, so that an error about it names what to set.
+    """
 
     value: T
     source: str
+    name: str = ""
+
+    def parsed(self, parse: Callable[[str, T], U]) -> Resolved[U]:
+        """The value through ``parse(name, value)``, which raises ConfigError naming this setting."""
+        return Resolved(parse(self.name, self.value), self.source, self.name)
 
 
 class Source:
-    """Flags and environment variables, read in the project's precedence order."""
+    """Flags and environment variables, read in the project's precedence order.
 
-    def __init__(self, environ: Mapping[str, str], flags: Mapping[str, object | None] | None = None):
+    ``local`` says whether the run happens on this machine: then settings that name files (the
+    service-account mount) or need an installed package (a cloud SDK) are checked here too.
+    ``check`` builds a Source from a manifest with ``local=False``: the pod's files and image
+    are not the checking machine's.
+    """
+
+    def __init__(
+        self, environ: Mapping[str, str], flags: Mapping[str, object | None] | None = None, *, local: bool = True
+    ):
         self._environ = dict(environ)
         self._flags = dict(flags or {})
+        self.local = local
 
-    def raw(self, *names: str, flag: str | None = None) -> Resolved[str] | None:
-        """The first non-empty value among the flag, then the variables in order."""
+    def raw(self, *names: str, flag: str | None = None, strip: bool = True) -> Resolved[str] | None:
+        """The first non-empty value among the flag, then the variables in order.
+
+        ``strip=False`` keeps surrounding spaces, which belong to a password.
+        """
         if flag is not None:
             value = self._flags.get(flag)
             if value is not None and str(value).strip() != "":
-                return Resolved(str(value).strip(), f"--{flag}")
+                return Resolved(str(value).strip() if strip else str(value), f"--{flag}", f"--{flag}")
         for name in names:
             value = self._environ.get(name)
             if value is not None and value.strip() != "":
-                return Resolved(value.strip(), f"env {name}")
+                return Resolved(value.strip() if strip else value, f"env {name}", name)
         return None
 
     def string(self, *names: str, flag: str | None = None, default: str) -> Resolved[str]:
-        return self.raw(*names, flag=flag) or Resolved(default, "default")
+        return self.raw(*names, flag=flag) or _default(default, names, flag)
 
     def optional_seconds(self, *names: str, flag: str | None = None, minimum: float = 0.0) -> Resolved[float] | None:
         found = self.raw(*names, flag=flag)
         if found is None:
             return None
-        return Resolved(parse_seconds(_origin(found), found.value, minimum=minimum), found.source)
+        return found.parsed(lambda name, value: parse_seconds(name, value, minimum=minimum))
 
     def seconds(self, *names: str, flag: str | None = None, default: float, minimum: float = 0.0) -> Resolved[float]:
-        return self.optional_seconds(*names, flag=flag, minimum=minimum) or Resolved(default, "default")
+        return self.optional_seconds(*names, flag=flag, minimum=minimum) or _default(default, names, flag)
 
     def boolean(self, *names: str, flag: str | None = None, default: bool) -> Resolved[bool]:
         found = self.raw(*names, flag=flag)
         if found is None:
-            return Resolved(default, "default")
-        return Resolved(parse_bool(_origin(found), found.value), found.source)
+            return _default(default, names, flag)
+        return found.parsed(parse_bool)
 
     def items(self, *names: str, flag: str | None = None) -> Resolved[tuple[str, ...]] | None:
         """A comma-separated list, blanks dropped."""
         found = self.raw(*names, flag=flag)
         if found is None:
             return None
-        parts = tuple(p.strip() for p in found.value.split(",") if p.strip())
-        return Resolved(parts, found.source)
+        return found.parsed(lambda _name, value: tuple(p.strip() for p in value.split(",") if p.strip()))
 
 
-def _origin(found: Resolved[str]) -> str:
-    """The name to show in an error: the flag or the variable that supplied the value."""
-    return found.source.removeprefix("env ")
+def _default(value: T, names: tuple[str, ...], flag: str | None) -> Resolved[T]:
+    """A default, named after the setting's first variable (or its flag): what a message tells the user to set."""
+    return Resolved(value, "default", names[0] if names else f"--{flag}" if flag else "")
+
+
+# Plain ASCII digits only: int() and float() also take "8_080", "+8080" and full-width digits.
+_DIGITS = re.compile(r"[0-9]+")
+# Longer than any grace period in practice, and far below what timers and sleeps accept.
+MAX_SECONDS = 86400.0
 
 
 def parse_seconds(name: str, value: str, *, minimum: float = 0.0) -> float:
     try:
+        if not value.isascii() or "_" in value or value.startswith("+"):
+            raise ValueError(value)
         number = float(value)
     except ValueError:
         raise ConfigError(f"{name}={value!r} is not a number of seconds; set it to a number such as 30") from None
     if not math.isfinite(number) or number < minimum:
         raise ConfigError(f"{name}={value!r} must be a number of seconds of at least {minimum:g}; fix or unset it")
+    if number > MAX_SECONDS:
+        raise ConfigError(
+            f"{name}={value!r} is longer than a day ({MAX_SECONDS:g} s); set it to the seconds it should be"
+        )
     return number
 
 
@@ -97,20 +131,18 @@ def parse_bool(name: str, value: str) -> bool:
 
 
 def parse_port(name: str, value: str) -> int:
-    try:
-        port = int(value)
-    except ValueError:
-        raise ConfigError(
-            f"{name}={value!r} is not a port number; set it to the port the app serves on, 1-65535"
-        ) from None
+    if not _DIGITS.fullmatch(value):
+        raise ConfigError(f"{name}={value!r} is not a port number; set it to the port the app serves on, 1-65535")
+    port = int(value)
     if not 1 <= port <= 65535:
         raise ConfigError(f"{name}={value!r} is out of range; set it to the port the app serves on, 1-65535")
     return port
 
 
 def parse_ip(name: str, value: str) -> str:
+    bare = value[1:-1] if value.startswith("[") and value.endswith("]") else value
     try:
-        return str(ipaddress.ip_address(value))
+        return str(ipaddress.ip_address(bare))
     except ValueError:
         raise ConfigError(
             f"{name}={value!r} is not an IP address; set it from the downward API (fieldRef: status.podIP)"

@@ -9,6 +9,7 @@ Each backend answers four questions on one server:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any, Protocol
 
@@ -51,12 +52,25 @@ def _route_missing(reply: Reply) -> bool:
     return reply.status == 404 and isinstance(payload, dict) and "path" in payload and "code" not in payload
 
 
+_NOT_FOUND = re.compile(r"^(service|cluster)\b.{0,300}\bnot (found|exist)", re.IGNORECASE)
+
+
 def _service_missing(reply: Reply) -> bool:
-    """Nacos's own "no such service/cluster" answer: an empty list, not an error."""
+    """Nacos's own "no such service/cluster" answer: an empty list, not an error.
+
+    Only Nacos's forms count: its plain-text line (1.x/2.x) or its JSON envelope (3.x). A proxy's
+    or gateway's page that happens to say "service not found" is no answer from Nacos.
+    """
     if reply.status not in (400, 404, 500) or _route_missing(reply):
         return False
-    text = reply.text.lower()
-    return ("service" in text or "cluster" in text) and ("not found" in text or "not exist" in text)
+    payload = reply.json()
+    if isinstance(payload, dict):
+        if not isinstance(payload.get("code"), int):
+            return False
+        texts = [payload.get("data"), payload.get("message")]
+        return any(isinstance(t, str) and _NOT_FOUND.search(t.strip()) for t in texts)
+    text = reply.text.strip()
+    return "\n" not in text and "<" not in text and bool(_NOT_FOUND.search(text))
 
 
 def _check(server: NacosServer, what: str, reply: Reply) -> Any:
@@ -73,20 +87,41 @@ def _check(server: NacosServer, what: str, reply: Reply) -> Any:
     return reply.unwrap()
 
 
-def _instances(payload: Any, default_cluster: str) -> list[Instance]:
-    """Instances from any of the list shapes: a bare list, ``hosts``, ``list``, ``pageItems`` or ``instances``."""
-    raw: Any = payload
-    if isinstance(payload, dict):
-        for key in ("hosts", "list", "pageItems", "instances"):
-            if isinstance(payload.get(key), list):
-                raw = payload[key]
-                break
-        else:
-            raw = []
-    if not isinstance(raw, list):
-        return []
-    found = (instance_from_json(item, default_cluster) for item in raw if isinstance(item, dict))
-    return [inst for inst in found if inst is not None]
+def _not_nacos(server: NacosServer, what: str, reply: Reply, expected: str) -> ServerError:
+    """An answer that is not the one Nacos gives: never evidence of anything (invariant 2)."""
+    body = reply.brief() or "an empty body"
+    return ServerError(f"{server}: {what} answered {reply.status} with something other than {expected}: {body}")
+
+
+def _instances(server: NacosServer, what: str, reply: Reply, payload: Any, *keys: str | None) -> list[Instance]:
+    """The instances of a list answer, which must have one of the shapes named by ``keys``.
+
+    ``None`` stands for a bare list; a name for an object holding the list under that name. Any
+    other answer (an HTML page, an empty body, ``null``, a foreign JSON shape, an entry without
+    ip and port) raises: "no instance listed" must come from Nacos, or it proves nothing.
+    """
+    raw: Any = None
+    for key in keys:
+        if key is None and isinstance(payload, list):
+            raw = payload
+        elif key is not None and isinstance(payload, dict) and isinstance(payload.get(key), list):
+            raw = payload[key]
+        if raw is not None:
+            break
+    if raw is None:
+        raise _not_nacos(server, what, reply, "a Nacos instance list")
+    found = [instance_from_json(item, "DEFAULT") if isinstance(item, dict) else None for item in raw]
+    instances = [inst for inst in found if inst is not None]
+    if len(instances) != len(found):
+        raise _not_nacos(server, what, reply, "a list of Nacos instances (each with an ip and a port)")
+    return instances
+
+
+def _count(server: NacosServer, what: str, reply: Reply, payload: Any, key: str) -> int:
+    total = payload.get(key) if isinstance(payload, dict) else None
+    if not isinstance(total, int) or isinstance(total, bool) or total < 0:
+        raise _not_nacos(server, what, reply, f"a Nacos list with its {key}")
+    return total
 
 
 def _written(server: NacosServer, what: str, reply: Reply) -> None:
@@ -142,11 +177,12 @@ class V1Api:
             reply = server.call("GET", "/v1/ns/catalog/instances", deadline, params=params)
             if _service_missing(reply):
                 return found
-            payload = _check(server, "GET /v1/ns/catalog/instances", reply)
-            batch = _instances(payload, "DEFAULT")
+            what = "GET /v1/ns/catalog/instances"
+            payload = _check(server, what, reply)
+            batch = _instances(server, what, reply, payload, "list")
             found.extend(batch)
-            total = payload.get("count", 0) if isinstance(payload, dict) else 0
-            if not batch or len(found) >= int(total or 0):
+            total = _count(server, what, reply, payload, "count")
+            if not batch or len(found) >= total:
                 return found
         return found
 
@@ -155,7 +191,8 @@ class V1Api:
         reply = server.call("GET", self.served_path, deadline, params=params)
         if _service_missing(reply):
             return []
-        return _instances(_check(server, f"GET {self.served_path}", reply), "DEFAULT")
+        what = f"GET {self.served_path}"
+        return _instances(server, what, reply, _check(server, what, reply), "hosts")
 
     def update(self, server: NacosServer, key: ServiceKey, inst: Instance, enabled: bool, deadline: Deadline) -> None:
         reply = server.call("PUT", self.update_path, deadline, form=_update_form(key, inst, enabled))
@@ -167,10 +204,12 @@ class V1Api:
         def fetch(page: int) -> tuple[list[str], int]:
             params: Params = {"namespaceId": namespace, "groupName": group, "pageNo": page, "pageSize": PAGE_SIZE}
             reply = server.call("GET", "/v1/ns/service/list", deadline, params=params)
-            payload = _check(server, "GET /v1/ns/service/list", reply)
-            doms = payload.get("doms", []) if isinstance(payload, dict) else []
-            total = payload.get("count", 0) if isinstance(payload, dict) else 0
-            return [str(d) for d in doms], int(total or 0)
+            what = "GET /v1/ns/service/list"
+            payload = _check(server, what, reply)
+            doms = payload.get("doms") if isinstance(payload, dict) else None
+            if not isinstance(doms, list) or not all(isinstance(d, str) for d in doms):
+                raise _not_nacos(server, what, reply, "a Nacos service list")
+            return doms, _count(server, what, reply, payload, "count")
 
         for batch in _pages(fetch):
             names.extend(batch)
@@ -195,14 +234,16 @@ class V3Api:
         reply = server.call("GET", "/v3/admin/ns/instance/list", deadline, params=params)
         if _service_missing(reply):
             return []
-        return _instances(_check(server, "GET /v3/admin/ns/instance/list", reply), "DEFAULT")
+        what = "GET /v3/admin/ns/instance/list"
+        return _instances(server, what, reply, _check(server, what, reply), None, "pageItems", "list")
 
     def list_served(self, server: NacosServer, key: ServiceKey, deadline: Deadline) -> list[Instance]:
         params: Params = {**_list_params(key), "healthyOnly": "false"}
         reply = server.call("GET", "/v3/client/ns/instance/list", deadline, params=params)
         if _service_missing(reply):
             return []
-        return _instances(_check(server, "GET /v3/client/ns/instance/list", reply), "DEFAULT")
+        what = "GET /v3/client/ns/instance/list"
+        return _instances(server, what, reply, _check(server, what, reply), None, "hosts")
 
     def update(self, server: NacosServer, key: ServiceKey, inst: Instance, enabled: bool, deadline: Deadline) -> None:
         reply = server.call("PUT", "/v3/admin/ns/instance", deadline, form=_update_form(key, inst, enabled))
@@ -220,10 +261,13 @@ class V3Api:
                 "pageSize": PAGE_SIZE,
             }
             reply = server.call("GET", "/v3/admin/ns/service/list", deadline, params=params)
-            payload = _check(server, "GET /v3/admin/ns/service/list", reply)
-            items = payload.get("pageItems", []) if isinstance(payload, dict) else []
-            total = payload.get("totalCount", 0) if isinstance(payload, dict) else 0
-            return [str(i.get("name")) for i in items if isinstance(i, dict) and i.get("name")], int(total or 0)
+            what = "GET /v3/admin/ns/service/list"
+            payload = _check(server, what, reply)
+            items = payload.get("pageItems") if isinstance(payload, dict) else None
+            names = [i.get("name") for i in items if isinstance(i, dict)] if isinstance(items, list) else None
+            if names is None or len(names) != len(items or []) or not all(isinstance(n, str) for n in names):
+                raise _not_nacos(server, what, reply, "a Nacos service list")
+            return [str(n) for n in names], _count(server, what, reply, payload, "totalCount")
 
         for batch in _pages(fetch):
             names.extend(batch)

@@ -72,6 +72,43 @@ def _valid_host(host: str) -> bool:
     return True
 
 
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def parse_address(text: str) -> Address | None:
+    """An IP address in any form a registry may hold: bracketed, uncompressed, any case, with a zone; else None."""
+    candidate = text.strip()
+    if candidate.startswith("[") and candidate.endswith("]"):
+        candidate = candidate[1:-1]
+    # A zone (``%eth0``) names the interface of a link-local address, not a different address.
+    candidate = candidate.split("%", 1)[0]
+    try:
+        address = ipaddress.ip_address(candidate)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def same_address(left: str, right: str) -> bool:
+    """Whether two texts name the same IP address (compared as addresses, not as text)."""
+    a, b = parse_address(left), parse_address(right)
+    if a is None or b is None:
+        return left == right
+    return a == b
+
+
+def format_endpoint(ip: str, port: int) -> str:
+    """``ip:port`` written unambiguously: ``[2001:db8::5]:8080`` for IPv6, canonical form."""
+    address = parse_address(ip)
+    if address is None:
+        return f"{ip}:{port}"
+    if address.version == 6:
+        return f"[{address}]:{port}"
+    return f"{address}:{port}"
+
+
 @dataclass(frozen=True)
 class ServiceKey:
     namespace: str
@@ -79,7 +116,8 @@ class ServiceKey:
     service: str
 
     def __str__(self) -> str:
-        return f"{self.namespace}/{self.group}@@{self.service}"
+        # No service name: the pod's name gave none, and the instance is looked up by ip:port.
+        return f"{self.namespace}/{self.group}@@{self.service or '(by ip:port)'}"
 
 
 @dataclass(frozen=True)
@@ -97,7 +135,7 @@ class Instance:
 
     @property
     def endpoint(self) -> str:
-        return f"{self.ip}:{self.port}"
+        return format_endpoint(self.ip, self.port)
 
     def summary(self) -> dict[str, object]:
         return {

@@ -9,14 +9,19 @@ from typing import TypeVar
 import structlog
 
 from prestop_agent.clock import Deadline
-from prestop_agent.errors import AuthError, InstanceNotFound, RegistryError, ServerError
+from prestop_agent.errors import AuthError, InstanceNotFound, RegistryError, ServerError, ServerUnavailable
 from prestop_agent.nacos.api import APIS, ApiGone, NacosApi
-from prestop_agent.nacos.model import Instance, ServiceKey
+from prestop_agent.nacos.model import Instance, ServiceKey, format_endpoint, same_address
 from prestop_agent.nacos.server import NacosServer
 
 log = structlog.get_logger(__name__)
 
 MAX_SEARCHED_SERVICES = 300
+# Between rounds over a cluster of which no member answered: short at first (a restart, a blip).
+FIRST_ROUND_PAUSE_S = 0.25
+MAX_ROUND_PAUSE_S = 2.0
+# Asked for by the API probe when the service name is unknown: any name will do, found or not.
+PROBE_SERVICE = "prestop-agent-api-probe"
 
 T = TypeVar("T")
 
@@ -52,6 +57,16 @@ class ServerView:
         }
 
 
+@dataclass(frozen=True)
+class Served:
+    """Which servers serve the instance, which answered, and which gave no answer or were skipped."""
+
+    serving: list[str]
+    answered: list[str]
+    failed: list[str]
+    skipped: list[str]
+
+
 @dataclass
 class Registry:
     """The configured servers, treated as one cluster with failover, and the API choice."""
@@ -63,6 +78,14 @@ class Registry:
     cluster: str
     _apis: dict[str, NacosApi] = field(default_factory=dict)
 
+    @property
+    def endpoint(self) -> str:
+        return format_endpoint(self.ip, self.port)
+
+    def ordered(self) -> list[NacosServer]:
+        """The servers in their configured order, except that one which ran out a request's cap comes last."""
+        return sorted(self.servers, key=lambda server: server.unresponsive)
+
     # -- API selection --------------------------------------------------------------------------
 
     def api(self, server: NacosServer, key: ServiceKey, deadline: Deadline) -> NacosApi:
@@ -73,14 +96,27 @@ class Registry:
         if self.api_choice != "auto":
             chosen = APIS[self.api_choice]
         else:
-            try:
-                APIS["v3"].list_all(server, key, self.cluster, deadline)
-                chosen = APIS["v3"]
-            except ApiGone:
-                chosen = APIS["v1"]
+            chosen = self._probe(server, key, deadline)
             log.info("nacos_api_detected", server=str(server), api=chosen.name)
         self._apis[str(server)] = chosen
         return chosen
+
+    def _probe(self, server: NacosServer, key: ServiceKey, deadline: Deadline) -> NacosApi:
+        try:
+            probe = replace(key, service=key.service or PROBE_SERVICE)
+            APIS["v3"].list_all(server, probe, self.cluster, deadline)
+        except ApiGone:
+            return APIS["v1"]
+        except ServerError as exc:
+            if isinstance(exc, ServerUnavailable) or exc.status != 404:
+                raise
+            # Not the 404 of Nacos or of its Spring routing: something in between answered.
+            raise ServerError(
+                f"{exc}; NACOS_API=auto cannot tell this server's API from an answer that is not Nacos's: "
+                "if a gateway sits in front of Nacos, set NACOS_API=v1 (Nacos 1.x/2.x) or NACOS_API=v3 (3.x)",
+                status=exc.status,
+            ) from exc
+        return APIS["v3"]
 
     def _switch_on_gone(self, server: NacosServer, exc: ApiGone) -> NacosApi | None:
         """A v1/v2 call answered 404/405/410 (3.x turned it off): use v3 from now on, when on auto."""
@@ -104,10 +140,14 @@ class Registry:
         return self._pick(instances)
 
     def _pick(self, instances: Sequence[Instance]) -> Instance | None:
-        matches = [i for i in instances if i.ip == self.ip and i.port == self.port]
+        matches = [i for i in instances if self._is_ours(i)]
         preferred = [i for i in matches if i.cluster == self.cluster]
         best = preferred or matches
         return best[0] if best else None
+
+    def _is_ours(self, instance: Instance) -> bool:
+        # As addresses: clients register bracketed, uncompressed or upper-case IPv6 text.
+        return instance.port == self.port and same_address(instance.ip, self.ip)
 
     def is_served(self, server: NacosServer, key: ServiceKey, deadline: Deadline) -> bool:
         try:
@@ -117,7 +157,33 @@ class Registry:
             if api is None:
                 raise
             served = api.list_served(server, key, deadline)
-        return any(i.ip == self.ip and i.port == self.port for i in served)
+        return any(self._is_ours(i) for i in served)
+
+    def served(self, key: ServiceKey, deadline: Deadline) -> Served:
+        """Ask every server whether it serves the instance (refused credentials raise).
+
+        The servers that answer are asked first; one that ran out a request's cap earlier is skipped
+        once another has answered, so a hung member cannot eat the time of those that answer.
+        """
+        serving: list[str] = []
+        answered: list[str] = []
+        failed: list[str] = []
+        skipped: list[str] = []
+        for server in self.ordered():
+            if server.unresponsive and answered:
+                skipped.append(str(server))
+                continue
+            try:
+                is_served = self.is_served(server, key, deadline)
+            except AuthError:
+                raise
+            except RegistryError as exc:
+                failed.append(f"{server}: {exc}")
+                continue
+            answered.append(str(server))
+            if is_served:
+                serving.append(str(server))
+        return Served(serving, answered, failed, skipped)
 
     def view(self, key: ServiceKey, deadline: Deadline) -> list[ServerView]:
         """Every server's view; errors are recorded per server, never raised (except refused credentials)."""
@@ -136,30 +202,49 @@ class Registry:
     # -- locating ---------------------------------------------------------------------------------
 
     def locate(self, key: ServiceKey, deadline: Deadline, *, search: bool) -> Located:
-        """Find this ip:port under ``key`` on the first server that answers, else search the namespace."""
-        server, instance = self._first_answer("answered", lambda s: self.find(s, key, deadline))
-        if instance is not None:
-            return Located(key, instance, str(server))
-        found = self._search(server, key, deadline) if search else []
+        """Find this ip:port under ``key`` on the first server that answers, else search the namespace.
+
+        A key without a service name (none could be derived) goes straight to the search.
+        """
+        if key.service:
+            server, instance = self._first_answer("answered", lambda s: self.find(s, key, deadline), deadline)
+            if instance is not None:
+                return Located(key, instance, str(server))
+            if not search:
+                return self._decide(key, [], str(server))
+        server, found = self._first_answer("answered the search", lambda s: self._search(s, key, deadline), deadline)
         return self._decide(key, found, str(server))
 
-    def _first_answer(self, what: str, attempt: Callable[[NacosServer], T]) -> tuple[NacosServer, T]:
-        """Fail over: the first server where ``attempt`` succeeds, and its result."""
-        errors: list[str] = []
-        for server in self.servers:
-            try:
-                return server, attempt(server)
-            except AuthError:
-                raise  # the same credentials would be refused by every member of the cluster
-            except RegistryError as exc:
-                errors.append(str(exc))
-                log.warning("nacos_server_failed", server=str(server), error=str(exc))
-        raise ServerError(f"no Nacos server {what}: " + "; ".join(errors))
+    def _first_answer(
+        self, what: str, attempt: Callable[[NacosServer], T], deadline: Deadline
+    ) -> tuple[NacosServer, T]:
+        """Fail over: the first server where ``attempt`` succeeds, and its result.
+
+        While no member answers at all (down, hung, 5xx), go round again within the budget: the
+        time is better spent on another try than on waiting for the budget to end.
+        """
+        pause = FIRST_ROUND_PAUSE_S
+        while True:
+            errors: list[RegistryError] = []
+            for server in self.ordered():
+                try:
+                    return server, attempt(server)
+                except AuthError:
+                    raise  # the same credentials would be refused by every member of the cluster
+                except RegistryError as exc:
+                    errors.append(exc)
+                    log.warning("nacos_server_failed", server=str(server), error=str(exc))
+            unanswered = all(isinstance(exc, ServerUnavailable) for exc in errors)
+            if not unanswered or deadline.remaining() <= pause:
+                raise ServerError(f"no Nacos server {what}: " + "; ".join(str(exc) for exc in errors))
+            log.info("nacos_cluster_retry", what=what, pause_s=pause)
+            deadline.sleep(pause)
+            pause = min(2 * pause, MAX_ROUND_PAUSE_S)
 
     def _search(self, server: NacosServer, key: ServiceKey, deadline: Deadline) -> list[Located]:
         api = self.api(server, key, deadline)
         names = api.service_names(server, key.namespace, key.group, deadline)
-        log.info("nacos_search_by_endpoint", server=str(server), services=len(names), endpoint=f"{self.ip}:{self.port}")
+        log.info("nacos_search_by_endpoint", server=str(server), services=len(names), endpoint=self.endpoint)
         found: list[Located] = []
         for name in names[:MAX_SEARCHED_SERVICES]:
             if name == key.service or deadline.expired():
@@ -176,13 +261,15 @@ class Registry:
             return found[0]
         if len(found) > 1:
             names = ", ".join(sorted(f.key.service for f in found))
+            first = f"is not in service {key.service!r} but" if key.service else "is"
             raise InstanceNotFound(
-                f"{self.ip}:{self.port} is not in service {key.service!r} but in several others ({names}) in {where}; "
+                f"{self.endpoint} {first} in several services ({names}) in {where}; "
                 "set NACOS_SERVICE_NAME to the one to drain"
             )
+        looked = f"looked in {key.service!r} first, then by ip:port" if key.service else "looked up by ip:port"
         raise InstanceNotFound(
-            f"{self.ip}:{self.port} is registered in no service of {where} on {server} "
-            f"(looked in {key.service!r} first); set NACOS_SERVICE_NAME, NACOS_NAMESPACE or NACOS_GROUP "
+            f"{self.endpoint} is registered in no service of {where}, cluster {self.cluster!r} on {server} "
+            f"({looked}); set NACOS_SERVICE_NAME, NACOS_NAMESPACE, NACOS_GROUP or NACOS_CLUSTER "
             "to where the app registers, and check POD_IP and NACOS_SERVICE_PORT"
         )
 
@@ -190,7 +277,9 @@ class Registry:
 
     def set_enabled(self, located: Located, enabled: bool, deadline: Deadline) -> str:
         """Write ``enabled`` on the first server that accepts it; returns that server."""
-        server, _ = self._first_answer("accepted the write", lambda s: self._write(s, located, enabled, deadline))
+        server, _ = self._first_answer(
+            "accepted the write", lambda s: self._write(s, located, enabled, deadline), deadline
+        )
         return str(server)
 
     def _write(self, server: NacosServer, located: Located, enabled: bool, deadline: Deadline) -> None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -13,12 +14,15 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_at
 from tenacity.stop import stop_base
 
 from prestop_agent.clock import Deadline
-from prestop_agent.errors import AuthError, ServerError
+from prestop_agent.errors import AuthError, ServerUnavailable
+from prestop_agent.http_cap import HEADERS, RequestCap
+from prestop_agent.masking import Secrets
 from prestop_agent.nacos.model import ServerAddress
 
 log = structlog.get_logger(__name__)
 
 Params = Mapping[str, str | int | float]
+_TAG = re.compile(r"<[^>]*>")
 
 
 @dataclass(frozen=True)
@@ -30,10 +34,17 @@ class Credentials:
         return f"Credentials(username={self.username!r}, password='***')"
 
 
+def _unmasked(text: str) -> str:
+    return text
+
+
 @dataclass(frozen=True)
 class Reply:
+    """A server's answer. ``text`` is as received (parse it); ``brief`` is what may be shown."""
+
     status: int
     text: str
+    mask: Callable[[str], str] = field(default=_unmasked, repr=False, compare=False)
 
     def json(self) -> Any:
         try:
@@ -49,14 +60,18 @@ class Reply:
         return payload
 
     def brief(self) -> str:
-        """A short, single-line excerpt of the body for messages."""
+        """A short, single-line excerpt of the body for messages, secrets masked (servers may echo them)."""
         payload = self.json()
         if isinstance(payload, dict):
             for key in ("message", "data", "error"):
                 value = payload.get(key)
                 if isinstance(value, str) and value:
-                    return value[:200]
-        return " ".join(self.text.split())[:200]
+                    return self.mask(" ".join(value.split()))[:200]
+        text = self.text
+        if text.lstrip().startswith("<"):  # a proxy's or gateway's HTML page: its words, not its markup
+            text = _TAG.sub(" ", text)
+        # Masked before it is cut, so a cut cannot split a secret into an unmasked prefix.
+        return self.mask(" ".join(text.split()))[:200]
 
 
 class _StopAtDeadline(stop_base):
@@ -70,7 +85,8 @@ class _StopAtDeadline(stop_base):
 
 
 def _transient(exc: BaseException) -> bool:
-    return isinstance(exc, ServerError) and (exc.status is None or exc.status >= 500 or exc.status == 429)
+    """Worth another try on the same server: not a timeout, which already spent a whole request cap there."""
+    return isinstance(exc, ServerUnavailable) and not exc.timed_out
 
 
 class NacosServer:
@@ -84,16 +100,21 @@ class NacosServer:
         credentials: Credentials | None = None,
         request_timeout: float = 5.0,
         attempts: int = 3,
-        on_secret: Callable[[str], None] = lambda _secret: None,
+        secrets: Secrets | None = None,
     ) -> None:
         self.address = address
         self._http = http
         self._credentials = credentials
         self._request_timeout = request_timeout
         self._attempts = attempts
-        self._on_secret = on_secret
+        self._secrets = secrets if secrets is not None else Secrets()
+        if credentials is not None:
+            self._secrets.add(credentials.password)
         self._token: str | None = None
         self._token_expires: float = 0.0
+        # Set when a request ran out its cap here, cleared by the next answer: the cluster then
+        # tries this server last, so the budget goes to the servers that answer.
+        self.unresponsive = False
 
     def __str__(self) -> str:
         return self.address.base_url
@@ -150,27 +171,50 @@ class NacosServer:
         return self._raw(method, path, deadline, params=query, form=form)
 
     def _raw(
-        self, method: str, path: str, deadline: Deadline, *, params: Params | None = None, form: Params | None = None
+        self,
+        method: str,
+        path: str,
+        deadline: Deadline,
+        *,
+        params: Params | None = None,
+        form: Params | None = None,
+        any_status: bool = False,
     ) -> Reply:
+        """One request within the cap; a 5xx or 429 raises ``ServerUnavailable`` unless ``any_status``."""
         if deadline.expired():
-            raise ServerError(f"{self}: {method} {path} not sent: the budget is used up")
+            raise ServerUnavailable(f"{self}: {method} {path} not sent: the budget is used up")
         timeout = deadline.cap(self._request_timeout)
-        try:
-            response = self._http.request(
-                method,
-                self.address.base_url + path,
-                params=params,
-                data=form,
-                timeout=httpx.Timeout(timeout),
+        # httpx's timeout bounds each read; the cap bounds the whole request (a server may drip bytes).
+        with RequestCap(timeout) as cap:
+            try:
+                response = self._http.request(
+                    method,
+                    self.address.base_url + path,
+                    params=params,
+                    data=form,
+                    headers=HEADERS,
+                    timeout=httpx.Timeout(timeout),
+                    extensions={"trace": cap.trace},
+                )
+            except httpx.TimeoutException as exc:
+                raise self._timed_out(method, path, timeout) from exc
+            except httpx.TransportError as exc:
+                if cap.fired:
+                    raise self._timed_out(method, path, timeout) from exc
+                raise ServerUnavailable(
+                    f"{self}: {method} {path} failed: {type(exc).__name__}: {self._secrets.foreign(_first_line(exc))}"
+                ) from exc
+        self.unresponsive = False
+        reply = Reply(response.status_code, response.text, self._secrets.foreign)
+        if (reply.status >= 500 or reply.status == 429) and not any_status:
+            raise ServerUnavailable(
+                f"{self}: {method} {path} answered {reply.status}: {reply.brief()}", status=reply.status
             )
-        except httpx.TimeoutException as exc:
-            raise ServerError(f"{self}: {method} {path} timed out after {timeout:.1f}s") from exc
-        except httpx.TransportError as exc:
-            raise ServerError(f"{self}: {method} {path} failed: {type(exc).__name__}: {_first_line(exc)}") from exc
-        reply = Reply(response.status_code, response.text)
-        if reply.status >= 500 or reply.status == 429:
-            raise ServerError(f"{self}: {method} {path} answered {reply.status}: {reply.brief()}", status=reply.status)
         return reply
+
+    def _timed_out(self, method: str, path: str, timeout: float) -> ServerUnavailable:
+        self.unresponsive = True
+        return ServerUnavailable(f"{self}: {method} {path} timed out after {timeout:.1f}s", timed_out=True)
 
     def _ensure_token(self, deadline: Deadline) -> str | None:
         if self._credentials is None:
@@ -189,13 +233,8 @@ class NacosServer:
         # 1.x/2.x log in on v1; 3.x also on v3. Nacos 3.1 answers a wrong password with a 500 on
         # both paths, so any answer but a token counts as a refusal, never as a retryable failure.
         for path in ("/v1/auth/login", "/v3/auth/user/login"):
-            try:
-                reply = self._raw("POST", path, deadline, form=form)
-            except ServerError as exc:
-                if exc.status is None:
-                    raise  # unreachable or timed out: a server problem, retried as such
-                refusals.append(f"{path}: {exc.status}")
-                continue
+            # Unreachable or timed out raises: a server problem, retried as such.
+            reply = self._raw("POST", path, deadline, form=form, any_status=True)
             payload = reply.unwrap()
             token = payload.get("accessToken") if isinstance(payload, dict) else None
             if reply.status == 200 and isinstance(token, str) and token:
@@ -207,7 +246,7 @@ class NacosServer:
         )
 
     def _accept(self, token: str, payload: dict[str, object], deadline: Deadline) -> str:
-        self._on_secret(token)
+        self._secrets.add(token)
         try:
             ttl_seconds = float(str(payload.get("tokenTtl", 18000)))
         except ValueError:

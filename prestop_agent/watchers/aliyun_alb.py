@@ -33,8 +33,7 @@ token from STS runs under the credentials library's own timeouts.
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -42,7 +41,7 @@ import structlog
 
 from prestop_agent.errors import ConfigError, WatcherError
 from prestop_agent.source import Source, parse_port
-from prestop_agent.watchers.base import Observation, PodTarget, Verdict, Watcher
+from prestop_agent.watchers.base import Observation, PodTarget, Verdict, WatchContext
 
 NAME = "aliyun-alb"
 
@@ -82,6 +81,9 @@ class AliyunAlbConfig:
     protocol: str = "HTTPS"
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)  # setting -> where it came from
 
+    def build(self, context: WatchContext) -> AliyunAlbWatcher:
+        return AliyunAlbWatcher(self, context.target, client=make_client(self), monotonic=context.clock.monotonic)
+
 
 def _require_sdk() -> None:
     try:
@@ -93,12 +95,9 @@ def _require_sdk() -> None:
         raise ConfigError(MISSING_SDK) from None
 
 
-def _name(source: str) -> str:
-    return source.removeprefix("env ")
-
-
-def load_config(src: Source) -> AliyunAlbConfig:
-    _require_sdk()
+def load_config(src: Source, watched: Collection[str] = ()) -> AliyunAlbConfig:
+    if src.local:  # a manifest's image is not this machine's
+        _require_sdk()
     sources: dict[str, str] = {}
 
     groups = src.items(ENV_SERVER_GROUP_IDS)
@@ -110,8 +109,7 @@ def load_config(src: Source) -> AliyunAlbConfig:
     for group in groups.value:
         if _GROUP_ID.match(group) is None:
             raise ConfigError(
-                f"{_name(groups.source)} has {group!r}, "
-                "which is not a server group ID; use IDs such as sgp-0a1b2c3d4e5f6g7h"
+                f"{groups.name} has {group!r}, which is not a server group ID; use IDs such as sgp-0a1b2c3d4e5f6g7h"
             )
     sources["server_group_ids"] = groups.source
 
@@ -119,13 +117,13 @@ def load_config(src: Source) -> AliyunAlbConfig:
     if region is None:
         raise ConfigError(f"{ENV_REGION} is not set; set it to the region of the ALB, such as cn-hangzhou")
     if _REGION.match(region.value) is None:
-        raise ConfigError(f"{_name(region.source)}={region.value!r} is not a region ID; use one such as cn-hangzhou")
+        raise ConfigError(f"{region.name}={region.value!r} is not a region ID; use one such as cn-hangzhou")
     sources["region"] = region.source
 
     target_port: int | None = None
     port = src.raw(ENV_TARGET_PORT)
     if port is not None:
-        target_port = parse_port(_name(port.source), port.value)
+        target_port = port.parsed(parse_port).value
         sources["target_port"] = port.source
 
     wait = src.boolean(ENV_WAIT_REMOVED, default=False)
@@ -138,7 +136,7 @@ def load_config(src: Source) -> AliyunAlbConfig:
         match = _ENDPOINT.match(given.value)
         if match is None:
             raise ConfigError(
-                f"{_name(given.source)}={given.value!r} is not an endpoint; "
+                f"{given.name}={given.value!r} is not an endpoint; "
                 "set it to a host such as alb-vpc.cn-hangzhou.aliyuncs.com, or unset it"
             )
         endpoint = match["host"]
@@ -189,7 +187,7 @@ class AliyunAlbWatcher:
         target: PodTarget,
         *,
         client: AlbClient,
-        monotonic: Callable[[], float] = time.monotonic,
+        monotonic: Callable[[], float],
     ) -> None:
         self._config = config
         self._ip = target.pod_ip
@@ -200,6 +198,9 @@ class AliyunAlbWatcher:
     @property
     def name(self) -> str:
         return NAME
+
+    def close(self) -> None:
+        """Nothing to release: the SDK client keeps no connection open between requests."""
 
     def poll(self, now: float, timeout: float) -> Observation:
         ends = self._monotonic() + max(0.0, timeout)
@@ -301,7 +302,3 @@ def _convert(exc: Exception, group: str) -> WatcherError:  # noqa: PLR0911 - one
     if isinstance(exc, UnretryableException):
         return WatcherError(f"{where}: endpoint unreachable or bad answer: {text}")
     return WatcherError(f"{where}: unexpected {type(cause).__name__}: {text}")
-
-
-def build(config: AliyunAlbConfig, target: PodTarget) -> Watcher:
-    return AliyunAlbWatcher(config, target, client=make_client(config))

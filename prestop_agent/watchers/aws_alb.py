@@ -32,7 +32,7 @@ a handful of clients is ever made per region. A credential refresh (IRSA's
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -40,7 +40,7 @@ import structlog
 
 from prestop_agent.errors import ConfigError, WatcherError
 from prestop_agent.source import Source, parse_port
-from prestop_agent.watchers.base import Observation, PodTarget, Verdict, Watcher
+from prestop_agent.watchers.base import Observation, PodTarget, Verdict, WatchContext
 
 NAME = "aws-alb"
 
@@ -85,6 +85,9 @@ class AwsAlbConfig:
     endpoint_url: str | None = None
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)  # setting -> where it came from
 
+    def build(self, context: WatchContext) -> AwsAlbWatcher:
+        return AwsAlbWatcher(self, context.target, clients=Boto3Clients(endpoint_url=self.endpoint_url))
+
 
 def parse_target_group_arn(name: str, value: str) -> TargetGroupRef:
     match = _ARN.match(value)
@@ -104,8 +107,9 @@ def _require_sdk() -> None:
         raise ConfigError(MISSING_SDK) from None
 
 
-def load_config(src: Source) -> AwsAlbConfig:
-    _require_sdk()
+def load_config(src: Source, watched: Collection[str] = ()) -> AwsAlbConfig:
+    if src.local:  # a manifest's image is not this machine's
+        _require_sdk()
     sources: dict[str, str] = {}
 
     arns = src.items(ENV_TARGET_GROUP_ARNS)
@@ -114,14 +118,13 @@ def load_config(src: Source) -> AwsAlbConfig:
             f"{ENV_TARGET_GROUP_ARNS} is not set; set it to the ARNs of the target groups "
             "that route to this pod (comma-separated)"
         )
-    origin = arns.source.removeprefix("env ")
-    groups = tuple(dict.fromkeys(parse_target_group_arn(origin, arn) for arn in arns.value))
+    groups = tuple(dict.fromkeys(parse_target_group_arn(arns.name, arn) for arn in arns.value))
     sources["target_groups"] = arns.source
 
     target_port: int | None = None
     port = src.raw(ENV_TARGET_PORT)
     if port is not None:
-        target_port = parse_port(port.source.removeprefix("env "), port.value)
+        target_port = port.parsed(parse_port).value
         sources["target_port"] = port.source
 
     wait = src.boolean(ENV_WAIT_DEREGISTERED, default=False)
@@ -132,7 +135,7 @@ def load_config(src: Source) -> AwsAlbConfig:
     if endpoint is not None:
         if _ENDPOINT.match(endpoint.value) is None:
             raise ConfigError(
-                f"{endpoint.source.removeprefix('env ')}={endpoint.value!r} is not an http(s) URL; "
+                f"{endpoint.name}={endpoint.value!r} is not an http(s) URL; "
                 "set it to a URL such as https://elasticloadbalancing.us-east-1.amazonaws.com or unset it"
             )
         endpoint_url = endpoint.value
@@ -152,9 +155,15 @@ class TargetHealthClient(Protocol):
 
     def describe_target_health(self, **kwargs: Any) -> Mapping[str, Any]: ...
 
+    def close(self) -> None: ...
 
-# (region, longest time one request may take) -> a client
-ClientFactory = Callable[[str, float], TargetHealthClient]
+
+class ClientFactory(Protocol):
+    """(region, longest time one request may take) -> a client; ``close`` closes every client it made."""
+
+    def __call__(self, region: str, share: float, /) -> TargetHealthClient: ...
+
+    def close(self) -> None: ...
 
 
 def request_timeout(share: float) -> float:
@@ -194,6 +203,11 @@ class Boto3Clients:
             self._clients[key] = client
         return client
 
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
+
 
 class AwsAlbWatcher:
     """Asks ``DescribeTargetHealth`` about this pod's ``ip:port`` in each target group."""
@@ -207,6 +221,9 @@ class AwsAlbWatcher:
     @property
     def name(self) -> str:
         return NAME
+
+    def close(self) -> None:
+        self._clients.close()
 
     def poll(self, now: float, timeout: float) -> Observation:
         groups = self._config.target_groups
@@ -308,7 +325,3 @@ def _convert(exc: Exception, group: TargetGroupRef) -> WatcherError:  # noqa: PL
     if isinstance(exc, bx.BotoCoreError):
         return WatcherError(f"{where}: {type(exc).__name__}: {exc}")
     return WatcherError(f"{where}: unexpected {type(exc).__name__}: {exc}")
-
-
-def build(config: AwsAlbConfig, target: PodTarget) -> Watcher:
-    return AwsAlbWatcher(config, target, clients=Boto3Clients(endpoint_url=config.endpoint_url))

@@ -7,6 +7,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from prestop_agent.clock import Clock
+from prestop_agent.nacos.model import ServiceKey
+from prestop_agent.nacos.registry import Registry
+
 
 class Verdict(enum.Enum):
     GONE = "gone"  # the evidence says traffic has left
@@ -32,6 +36,20 @@ class PodTarget:
     host_ip: str | None = None
 
 
+@dataclass(frozen=True)
+class WatchContext:
+    """What every watcher is built with for one run: the pod, the run's clock, its Nacos cluster and service.
+
+    ``service`` is the service that holds the instance (found by search when the configured
+    name did not hold it); ``registry`` is the run's own connection to the servers.
+    """
+
+    target: PodTarget
+    clock: Clock
+    registry: Registry
+    service: ServiceKey
+
+
 class Watcher(Protocol):
     """A source of evidence.
 
@@ -39,9 +57,18 @@ class Watcher(Protocol):
     longest it may block (already capped by the deadline). It returns an ``Observation``,
     or raises ``WatcherError`` for a failed poll (the loop logs it and keeps polling).
     Watchers that judge over time (quiet for N seconds) keep their state between polls.
+    ``close`` releases what the watcher opened (clients, connections); whoever built it calls it.
     """
 
     @property
     def name(self) -> str: ...
 
     def poll(self, now: float, timeout: float) -> Observation: ...
+
+    def close(self) -> None: ...
+
+
+class WatcherConfig(Protocol):
+    """A watcher's settings, read and checked once at the edge; ``build`` makes the watcher for one run."""
+
+    def build(self, context: WatchContext) -> Watcher: ...

@@ -16,7 +16,9 @@ service account needs get, list and watch on ``endpointslices`` in ``discovery.k
 Settings: ``PRESTOP_KUBE_API`` (default ``https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT``),
 ``PRESTOP_KUBE_SA_DIR`` (default the standard mount), ``PRESTOP_KUBE_NAMESPACE`` or
 ``POD_NAMESPACE`` (default the service account's namespace file), and
-``PRESTOP_ENDPOINTS_SERVICES`` to list only the slices of the named Services.
+``PRESTOP_ENDPOINTS_SERVICES`` to list only the slices of the named Services. The namespace
+file, the token's presence and the cluster CA are checked when the settings are loaded, before
+anything is written.
 """
 
 from __future__ import annotations
@@ -25,9 +27,8 @@ import ipaddress
 import os
 import re
 import ssl
-import time
 import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +37,7 @@ import structlog
 
 from prestop_agent.errors import ConfigError, WatcherError
 from prestop_agent.source import Source, parse_port
-from prestop_agent.watchers.base import Observation, PodTarget, Verdict, Watcher
+from prestop_agent.watchers.base import Observation, Verdict, WatchContext
 
 NAME = "endpoints"
 
@@ -61,8 +62,56 @@ class EndpointsConfig:
     namespace: str | None = None  # None: read it from the service account's namespace file
     services: tuple[str, ...] = ()
 
+    def build(self, context: WatchContext) -> EndpointsWatcher:
+        namespace = self.namespace if self.namespace is not None else _namespace_file(self.sa_dir)
+        token_file = _token_file(self.sa_dir)
+        verify = _cluster_ca(self.sa_dir) if self.api_url.startswith("https://") else True
+        client = httpx.Client(base_url=self.api_url, verify=verify, trust_env=False, follow_redirects=False)
+        return EndpointsWatcher(
+            client,
+            namespace=namespace,
+            pod_ip=context.target.pod_ip,
+            token=lambda: _read_token(token_file),
+            services=self.services,
+            monotonic=context.clock.monotonic,
+        )
 
-def load_config(src: Source) -> EndpointsConfig:
+
+def _namespace_file(sa_dir: str) -> str:
+    namespace_file = os.path.join(sa_dir, "namespace")
+    try:
+        with open(namespace_file, encoding="utf-8") as handle:
+            namespace = handle.read().strip()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read the pod's namespace from {namespace_file} ({exc.strerror}); set POD_NAMESPACE "
+            "from the downward API (fieldRef: metadata.namespace)"
+        ) from None
+    _check_namespace(namespace_file, namespace)
+    return namespace
+
+
+def _token_file(sa_dir: str) -> str:
+    token_file = os.path.join(sa_dir, "token")
+    if not os.path.isfile(token_file):
+        raise ConfigError(
+            f"no service-account token at {token_file}; keep automountServiceAccountToken enabled for the pod "
+            "or set PRESTOP_KUBE_SA_DIR"
+        )
+    return token_file
+
+
+def _cluster_ca(sa_dir: str) -> ssl.SSLContext:
+    ca_file = os.path.join(sa_dir, "ca.crt")
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"cannot load the cluster CA from {ca_file} ({exc}); mount the service account or set PRESTOP_KUBE_SA_DIR"
+        ) from None
+
+
+def load_config(src: Source, watched: Collection[str] = ()) -> EndpointsConfig:
     api = src.raw("PRESTOP_KUBE_API")
     if api is not None:
         api_url = _check_url("PRESTOP_KUBE_API", api.value)
@@ -83,7 +132,7 @@ def load_config(src: Source) -> EndpointsConfig:
     sa_dir = src.string("PRESTOP_KUBE_SA_DIR", default=DEFAULT_SA_DIR).value
     namespace = src.raw("PRESTOP_KUBE_NAMESPACE", "POD_NAMESPACE")
     if namespace is not None:
-        _check_namespace(namespace.source.removeprefix("env "), namespace.value)
+        _check_namespace(namespace.name, namespace.value)
     services = src.items("PRESTOP_ENDPOINTS_SERVICES")
     if services is not None:
         for service in services.value:
@@ -92,10 +141,18 @@ def load_config(src: Source) -> EndpointsConfig:
                     f"PRESTOP_ENDPOINTS_SERVICES contains {service!r}, which is not a Service name; "
                     "use comma-separated names such as web,web-headless"
                 )
+    # The service-account files are read now, before anything is written: a watcher that cannot be
+    # built after the instance was disabled would leave it disabled with nothing to show for it.
+    resolved = None if namespace is None else namespace.value
+    if src.local:  # a manifest's pod has its own mount
+        resolved = resolved if resolved is not None else _namespace_file(sa_dir)
+        _token_file(sa_dir)
+        if api_url.startswith("https://"):
+            _cluster_ca(sa_dir)
     return EndpointsConfig(
         api_url=api_url,
         sa_dir=sa_dir,
-        namespace=None if namespace is None else namespace.value,
+        namespace=resolved,
         services=() if services is None else services.value,
     )
 
@@ -116,45 +173,6 @@ def _check_namespace(name: str, value: str) -> None:
         raise ConfigError(
             f"{name}={value!r} is not a namespace name; set it from the downward API (fieldRef: metadata.namespace)"
         )
-
-
-def build(config: EndpointsConfig, target: PodTarget) -> Watcher:
-    namespace = config.namespace
-    namespace_file = os.path.join(config.sa_dir, "namespace")
-    if namespace is None:
-        try:
-            with open(namespace_file, encoding="utf-8") as handle:
-                namespace = handle.read().strip()
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot read the pod's namespace from {namespace_file} ({exc.strerror}); set POD_NAMESPACE "
-                "from the downward API (fieldRef: metadata.namespace)"
-            ) from None
-        _check_namespace(namespace_file, namespace)
-    token_file = os.path.join(config.sa_dir, "token")
-    if not os.path.isfile(token_file):
-        raise ConfigError(
-            f"no service-account token at {token_file}; keep automountServiceAccountToken enabled for the pod "
-            "or set PRESTOP_KUBE_SA_DIR"
-        )
-    verify: ssl.SSLContext | bool = True
-    if config.api_url.startswith("https://"):
-        ca_file = os.path.join(config.sa_dir, "ca.crt")
-        try:
-            verify = ssl.create_default_context(cafile=ca_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(
-                f"cannot load the cluster CA from {ca_file} ({exc}); mount the service account or set "
-                "PRESTOP_KUBE_SA_DIR"
-            ) from None
-    client = httpx.Client(base_url=config.api_url, verify=verify, trust_env=False, follow_redirects=False)
-    return EndpointsWatcher(
-        client,
-        namespace=namespace,
-        pod_ip=target.pod_ip,
-        token=lambda: _read_token(token_file),
-        services=config.services,
-    )
 
 
 def _read_token(path: str) -> str:
@@ -192,8 +210,8 @@ class EndpointsWatcher:
         pod_ip: str,
         token: Callable[[], str],
         services: Sequence[str] = (),
+        monotonic: Callable[[], float],
         page_size: int = PAGE_SIZE,
-        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
         self._namespace = namespace

@@ -8,15 +8,39 @@ since the first poll that saw it so.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from prestop_agent.clock import Clock, Deadline
-from prestop_agent.errors import AuthError, RegistryError, WatcherError
+from prestop_agent.errors import AuthError, WatcherError
 from prestop_agent.nacos.model import ServiceKey
 from prestop_agent.nacos.registry import Registry
-from prestop_agent.watchers.base import Observation, Verdict
+from prestop_agent.source import Resolved, Source
+from prestop_agent.watchers.base import Observation, Verdict, WatchContext
 
 NAME = "registry"
+DEFAULT_CONSUMER_CACHE_SECONDS = 35.0
+
+
+def default_consumer_cache(watched: Collection[str]) -> float:
+    """The allowance when none is set: 0 with ``traffic`` watched, which sees the callers directly; else 35 s."""
+    return 0.0 if "traffic" in watched else DEFAULT_CONSUMER_CACHE_SECONDS
+
+
+def consumer_cache(src: Source, watched: Collection[str]) -> Resolved[float]:
+    return src.seconds("PRESTOP_CONSUMER_CACHE_SECONDS", flag="consumer-cache", default=default_consumer_cache(watched))
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    consumer_cache_s: float
+
+    def build(self, context: WatchContext) -> RegistryWatcher:
+        return RegistryWatcher(context.registry, context.service, self.consumer_cache_s, context.clock)
+
+
+def load_config(src: Source, watched: Collection[str]) -> RegistryConfig:
+    return RegistryConfig(consumer_cache(src, watched).value)
 
 
 @dataclass
@@ -28,28 +52,23 @@ class RegistryWatcher:
     name: str = NAME
     _unserved_since: float | None = None
 
+    def close(self) -> None:
+        """Nothing to release: the registry belongs to the run."""
+
     def poll(self, now: float, timeout: float) -> Observation:
         deadline = Deadline.after(self.clock, timeout)
-        serving: list[str] = []
-        answered: list[str] = []
-        failed: list[str] = []
-        for server in self.registry.servers:
-            try:
-                served = self.registry.is_served(server, self.key, deadline)
-            except AuthError as exc:
-                raise WatcherError(str(exc)) from exc
-            except RegistryError as exc:
-                failed.append(f"{server}: {exc}")
-                continue
-            answered.append(str(server))
-            if served:
-                serving.append(str(server))
-        if not answered:
-            raise WatcherError("no Nacos server answered: " + "; ".join(failed))
-        details: dict[str, object] = {"answered": len(answered), "unreachable": len(failed)}
-        if serving:
+        try:
+            served = self.registry.served(self.key, deadline)
+        except AuthError as exc:
+            raise WatcherError(str(exc)) from exc
+        if not served.answered:
+            raise WatcherError("no Nacos server answered: " + "; ".join(served.failed))
+        details: dict[str, object] = {"answered": len(served.answered), "unreachable": len(served.failed)}
+        if served.skipped:
+            details["skipped_unresponsive"] = served.skipped
+        if served.serving:
             self._unserved_since = None
-            return Observation(Verdict.PRESENT, "still_served", {**details, "serving": serving})
+            return Observation(Verdict.PRESENT, "still_served", {**details, "serving": served.serving})
         if self._unserved_since is None:
             self._unserved_since = now
         left = self.consumer_cache_s - (now - self._unserved_since)

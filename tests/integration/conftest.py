@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from localnacos import SERVER_AUTH_SUPPORT, HarnessError, JavaInstance, NacosServer, java_available
+from localnacos import SERVER_AUTH_SUPPORT, HarnessError, JavaInstance, NacosProcess, java_available
 
 COMBINATIONS = [(2, False), (2, True), (3, False), (3, True)]
 
@@ -43,13 +43,13 @@ def _param(major: int, auth: bool) -> object:
 
 
 @pytest.fixture(scope="session", params=[_param(major, auth) for major, auth in COMBINATIONS])
-def nacos(request: pytest.FixtureRequest) -> Iterator[NacosServer]:
+def nacos(request: pytest.FixtureRequest) -> Iterator[NacosProcess]:
     """A running real Nacos server; tests are grouped so each combination starts once."""
     major, auth = request.param
     reason = java_available()
     if reason:
         unavailable(reason)
-    server = NacosServer(major, auth=auth)
+    server = NacosProcess(major, auth=auth)
     try:
         server.start()
     except HarnessError as exc:
@@ -70,7 +70,7 @@ def next_address() -> tuple[str, int]:
 
 
 @pytest.fixture
-def grpc_instance(nacos: NacosServer, request: pytest.FixtureRequest) -> Iterator[JavaInstance]:
+def grpc_instance(nacos: NacosProcess, request: pytest.FixtureRequest) -> Iterator[JavaInstance]:
     """An instance of a service named after the test, registered over gRPC by the real Java client."""
     ip, port = next_address()
     service = "it-" + request.node.originalname.removeprefix("test_").replace("_", "-")

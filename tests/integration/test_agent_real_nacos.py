@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from localnacos import JavaInstance, NacosServer, free_port, wait_until
+from localnacos import JavaInstance, NacosProcess, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +40,7 @@ def agent_command() -> list[str]:
 
 
 def pod_env(
-    nacos: NacosServer,
+    nacos: NacosProcess,
     instance: JavaInstance,
     *,
     server_addr: str | None = None,
@@ -80,20 +80,20 @@ def run_agent(args: list[str], env: Mapping[str, str], *, timeout: float = 120) 
     return Run(result.returncode, result.stdout, result.stderr, time.monotonic() - started)
 
 
-def served(nacos: NacosServer, instance: JavaInstance) -> bool:
+def served(nacos: NacosProcess, instance: JavaInstance) -> bool:
     return instance.has_self(nacos.served_hosts(instance.service))
 
 
-def enabled_on_server(nacos: NacosServer, instance: JavaInstance) -> bool | None:
+def enabled_on_server(nacos: NacosProcess, instance: JavaInstance) -> bool | None:
     host = nacos.find_host(instance.service, instance.ip, instance.port)
     return None if host is None else bool(host["enabled"])
 
 
-def wait_served(nacos: NacosServer, instance: JavaInstance, expected: bool, timeout: float = 30) -> None:
+def wait_served(nacos: NacosProcess, instance: JavaInstance, expected: bool, timeout: float = 30) -> None:
     wait_until(lambda: served(nacos, instance) is expected, timeout=timeout, what=f"served={expected}")
 
 
-def status_json(nacos: NacosServer, instance: JavaInstance) -> Run:
+def status_json(nacos: NacosProcess, instance: JavaInstance) -> Run:
     return run_agent(["status", "--json"], pod_env(nacos, instance))
 
 
@@ -110,7 +110,7 @@ def json_mentions(text: str, key: str, value: object) -> bool:
     return walk(json.loads(text))
 
 
-def test_deregister_wait_drains_a_grpc_instance(nacos: NacosServer, grpc_instance: JavaInstance) -> None:
+def test_deregister_wait_drains_a_grpc_instance(nacos: NacosProcess, grpc_instance: JavaInstance) -> None:
     wait_served(nacos, grpc_instance, True)
     grpc_instance.wait_for_push(grpc_instance.has_self, timeout=30)
     pushes_before = len(grpc_instance.pushes())
@@ -123,7 +123,7 @@ def test_deregister_wait_drains_a_grpc_instance(nacos: NacosServer, grpc_instanc
     grpc_instance.wait_for_push(lambda hosts: not grpc_instance.has_self(hosts), timeout=30, after=pushes_before)
 
 
-def test_register_puts_it_back_and_status_tells_the_truth(nacos: NacosServer, grpc_instance: JavaInstance) -> None:
+def test_register_puts_it_back_and_status_tells_the_truth(nacos: NacosProcess, grpc_instance: JavaInstance) -> None:
     wait_served(nacos, grpc_instance, True)
     before = status_json(nacos, grpc_instance)
     assert before.returncode == 0, before.output
@@ -144,7 +144,7 @@ def test_register_puts_it_back_and_status_tells_the_truth(nacos: NacosServer, gr
     assert json_mentions(after.stdout, "enabled", True), after.stdout
 
 
-def test_wrong_derived_service_name_never_fakes_success(nacos: NacosServer, grpc_instance: JavaInstance) -> None:
+def test_wrong_derived_service_name_never_fakes_success(nacos: NacosProcess, grpc_instance: JavaInstance) -> None:
     wait_served(nacos, grpc_instance, True)
     env = pod_env(nacos, grpc_instance, service=None, hostname="not-the-service-name-5456f59db7-hcdd7", budget=20)
 
@@ -160,7 +160,7 @@ def test_wrong_derived_service_name_never_fakes_success(nacos: NacosServer, grpc
         assert served(nacos, grpc_instance), "a failed run must not have changed the instance"
 
 
-def test_wrong_password_exits_3_with_a_clear_message(nacos: NacosServer, grpc_instance: JavaInstance) -> None:
+def test_wrong_password_exits_3_with_a_clear_message(nacos: NacosProcess, grpc_instance: JavaInstance) -> None:
     if not nacos.auth:
         pytest.skip("auth is off on this server")
     wait_served(nacos, grpc_instance, True)
@@ -177,7 +177,7 @@ def test_wrong_password_exits_3_with_a_clear_message(nacos: NacosServer, grpc_in
     assert served(nacos, grpc_instance), "nothing should have changed"
 
 
-def test_restart_trap_then_register_wait(nacos: NacosServer, grpc_instance: JavaInstance) -> None:
+def test_restart_trap_then_register_wait(nacos: NacosProcess, grpc_instance: JavaInstance) -> None:
     wait_served(nacos, grpc_instance, True)
     drained = run_agent(["deregister", "--wait"], pod_env(nacos, grpc_instance))
     assert drained.returncode == 0, drained.output
@@ -198,7 +198,7 @@ def test_restart_trap_then_register_wait(nacos: NacosServer, grpc_instance: Java
     assert enabled_on_server(nacos, grpc_instance) is True
 
 
-def test_fails_over_when_the_first_server_is_down(nacos: NacosServer, grpc_instance: JavaInstance) -> None:
+def test_fails_over_when_the_first_server_is_down(nacos: NacosProcess, grpc_instance: JavaInstance) -> None:
     wait_served(nacos, grpc_instance, True)
     dead = f"127.0.0.1:{free_port()}"
     env = pod_env(nacos, grpc_instance, server_addr=f"{dead},{nacos.http_addr}")
@@ -210,7 +210,7 @@ def test_fails_over_when_the_first_server_is_down(nacos: NacosServer, grpc_insta
     assert enabled_on_server(nacos, grpc_instance) is False
 
 
-def test_dry_run_changes_nothing(nacos: NacosServer, grpc_instance: JavaInstance) -> None:
+def test_dry_run_changes_nothing(nacos: NacosProcess, grpc_instance: JavaInstance) -> None:
     wait_served(nacos, grpc_instance, True)
     run = run_agent(["deregister", "--dry-run", "--no-wait"], pod_env(nacos, grpc_instance))
     assert run.returncode == 0, run.output

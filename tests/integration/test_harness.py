@@ -5,14 +5,14 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from localnacos import HttpInstance, JavaInstance, NacosServer, wait_until
+from localnacos import HttpInstance, JavaInstance, NacosProcess, wait_until
 
 from .conftest import next_address
 
 pytestmark = pytest.mark.integration
 
 
-def test_server_is_ready(nacos: NacosServer) -> None:
+def test_server_is_ready(nacos: NacosProcess) -> None:
     if nacos.major == 2:
         response = httpx.get(f"{nacos.base_url}/v1/ns/operator/metrics")
         assert response.json()["status"] == "UP"
@@ -21,7 +21,7 @@ def test_server_is_ready(nacos: NacosServer) -> None:
         assert response.json()["code"] == 0
 
 
-def test_grpc_instance_is_served_and_pushed(nacos: NacosServer, grpc_instance: JavaInstance) -> None:
+def test_grpc_instance_is_served_and_pushed(nacos: NacosProcess, grpc_instance: JavaInstance) -> None:
     wait_until(
         lambda: grpc_instance.has_self(nacos.served_hosts(grpc_instance.service)),
         timeout=30,
@@ -33,7 +33,7 @@ def test_grpc_instance_is_served_and_pushed(nacos: NacosServer, grpc_instance: J
     assert host["enabled"] is True
 
 
-def test_disabled_instance_is_pushed_away(nacos: NacosServer, grpc_instance: JavaInstance) -> None:
+def test_disabled_instance_is_pushed_away(nacos: NacosProcess, grpc_instance: JavaInstance) -> None:
     grpc_instance.wait_for_push(grpc_instance.has_self, timeout=30)
     seen = len(grpc_instance.pushes())
     nacos.set_enabled(grpc_instance.service, grpc_instance.ip, grpc_instance.port, False)
@@ -48,7 +48,7 @@ def test_disabled_instance_is_pushed_away(nacos: NacosServer, grpc_instance: Jav
     assert host["enabled"] is False
 
 
-def test_http_heartbeat_instance(nacos: NacosServer) -> None:
+def test_http_heartbeat_instance(nacos: NacosProcess) -> None:
     ip, port = next_address()
     with HttpInstance(nacos, "it-http-heartbeat", ip, port, beat_interval=1.0) as instance:
         wait_until(
@@ -61,7 +61,7 @@ def test_http_heartbeat_instance(nacos: NacosServer) -> None:
         assert instance.beat_errors.empty()
 
 
-def test_auth_on_rejects_calls_without_token(nacos: NacosServer) -> None:
+def test_auth_on_rejects_calls_without_token(nacos: NacosProcess) -> None:
     if not nacos.auth:
         pytest.skip("auth is off on this server")
     response = httpx.get(f"{nacos.base_url}/v1/ns/instance/list", params={"serviceName": "anything"})

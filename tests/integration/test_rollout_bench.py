@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from localnacos import NacosServer
+from localnacos import NacosProcess
 
 from .conftest import unavailable
 
@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("nacos", [(2, False)], ids=["nacos2-auth-off"], indirect=True)
-def test_one_roll_with_the_agent_fails_no_request(nacos: NacosServer, tmp_path: Path) -> None:
+def test_one_roll_with_the_agent_fails_no_request(nacos: NacosProcess, tmp_path: Path) -> None:
     if shutil.which("mvn") is None:
         unavailable("mvn is needed to build the benchmark's Spring apps")
     if not (Path(sys.executable).parent / "prestop-agent").exists():

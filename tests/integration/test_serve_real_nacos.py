@@ -11,14 +11,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from localnacos import JavaInstance, NacosServer, free_port, wait_until
+from localnacos import JavaInstance, NacosProcess, free_port, wait_until
 from tests.integration.test_agent_real_nacos import agent_command, pod_env, served, wait_served
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def sidecar(nacos: NacosServer, grpc_instance: JavaInstance, tmp_path: Path) -> Iterator[str]:
+def sidecar(nacos: NacosProcess, grpc_instance: JavaInstance, tmp_path: Path) -> Iterator[str]:
     """``prestop-agent serve`` as a sidecar container of this instance's pod: its base URL."""
     port = free_port()
     env = {
@@ -53,7 +53,7 @@ def sidecar(nacos: NacosServer, grpc_instance: JavaInstance, tmp_path: Path) -> 
 
 
 def test_prestop_drains_then_register_puts_it_back(
-    nacos: NacosServer, grpc_instance: JavaInstance, sidecar: str
+    nacos: NacosProcess, grpc_instance: JavaInstance, sidecar: str
 ) -> None:
     wait_served(nacos, grpc_instance, True)
 

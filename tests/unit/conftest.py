@@ -1,38 +1,27 @@
-"""Fixtures shared by the unit tests."""
+"""Unit tests run in this process only: a test that opens a socket or starts a process fails here.
+
+Those belong in tests/loopback/ (real sockets and processes on this machine) or
+tests/integration/ (real Nacos servers); keeping them out makes this folder fast and
+deterministic anywhere.
+"""
 
 from __future__ import annotations
 
 import socket
-import threading
-from collections.abc import Iterator
+import subprocess
+from typing import Any
 
 import pytest
 
 
-@pytest.fixture
-def silent_server() -> Iterator[int]:
-    """A loopback TCP server that accepts every connection, reads, and never replies: its port."""
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    held: list[socket.socket] = []
-    stop = threading.Event()
+def _refuse(what: str) -> Any:
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError(f"a unit test {what}; move it to tests/loopback/ or tests/integration/")
 
-    def accept() -> None:
-        listener.settimeout(0.1)
-        while not stop.is_set():
-            try:
-                held.append(listener.accept()[0])
-            except TimeoutError:
-                continue
-            except OSError:
-                return
+    return refused
 
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield listener.getsockname()[1]
-    stop.set()
-    thread.join()
-    for conn in held:
-        conn.close()
-    listener.close()
+
+@pytest.fixture(autouse=True)
+def _in_process_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(socket.socket, "__init__", _refuse("opened a socket"))
+    monkeypatch.setattr(subprocess.Popen, "__init__", _refuse("started a process"))

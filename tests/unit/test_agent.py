@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 
 import httpx
 import pytest
@@ -13,7 +14,7 @@ from prestop_agent.agent import Deps, run_deregister, run_register, run_status
 from prestop_agent.config import Settings, load
 from prestop_agent.errors import AuthError, BudgetExhausted, InstanceNotFound, RegistryError, ServerError
 from prestop_agent.source import Source
-from tests.unit.fakes import FakeClock, FakeInstance, FakeNacos
+from tests.fakes import FakeClock, FakeInstance, FakeNacos
 
 ENV = {
     "POD_IP": "10.0.0.7",
@@ -271,7 +272,7 @@ def test_budget_exhausted_while_still_served_by_a_stale_server(deps: Deps) -> No
 
 
 def test_budget_exhausted_when_a_watcher_never_says_gone(deps: Deps, clock: FakeClock) -> None:
-    from prestop_agent.watchers.base import Observation, PodTarget, Verdict
+    from prestop_agent.watchers.base import Observation, Verdict, WatchContext
 
     class Busy:
         name = "traffic"
@@ -279,8 +280,12 @@ def test_budget_exhausted_when_a_watcher_never_says_gone(deps: Deps, clock: Fake
         def poll(self, now: float, timeout: float) -> Observation:
             return Observation(Verdict.PRESENT, "active")
 
-    def build(name: str, config: object, target: PodTarget) -> Busy:
-        return Busy()
+        def close(self) -> None:
+            """Nothing to release."""
+
+    class BusyConfig:
+        def build(self, context: WatchContext) -> Busy:
+            return Busy()
 
     nacos = FakeNacos()
     nacos.add("orders", FakeInstance("10.0.0.7", 8080))
@@ -289,15 +294,49 @@ def test_budget_exhausted_when_a_watcher_never_says_gone(deps: Deps, clock: Fake
         **{
             **settings.__dict__,
             "wait_for": settings.wait_for.__class__(("registry", "traffic"), "x"),
-            "watcher_configs": {"traffic": object()},
+            "watcher_configs": {**settings.watcher_configs, "traffic": BusyConfig()},
         }
     )
-    busy_deps = Deps(clock=clock, http=deps.http, build_watcher=build)
     with serve(nacos):
-        report = run_deregister(settings, busy_deps, wait=True, dry_run=False)
+        report = run_deregister(settings, deps, wait=True, dry_run=False)
     assert isinstance(report.error, BudgetExhausted)
     assert "traffic=present(active)" in str(report.error)
     assert clock.now - 1000.0 == pytest.approx(20.0)
+
+
+def test_watchers_are_built_with_the_run_context_and_closed(deps: Deps, clock: FakeClock) -> None:
+    from prestop_agent.watchers.base import Observation, Verdict, WatchContext
+
+    built: list[WatchContext] = []
+    closed: list[str] = []
+
+    class Quiet:
+        name = "traffic"
+
+        def poll(self, now: float, timeout: float) -> Observation:
+            return Observation(Verdict.GONE, "quiet")
+
+        def close(self) -> None:
+            closed.append(self.name)
+
+    class QuietConfig:
+        def build(self, context: WatchContext) -> Quiet:
+            built.append(context)
+            return Quiet()
+
+    nacos = FakeNacos()
+    nacos.add("orders", FakeInstance("10.0.0.7", 8080))
+    settings = make(PRESTOP_WAIT_FOR="registry,traffic")
+    settings = replace(settings, watcher_configs={**settings.watcher_configs, "traffic": QuietConfig()})
+    with serve(nacos):
+        drained = run_deregister(settings, deps, wait=True, dry_run=False)
+        status = run_status(settings, deps)
+    assert drained.outcome == "drained"
+    assert status.data["watchers"]["traffic"]["verdict"] == "gone"  # type: ignore[index]
+    assert closed == ["traffic", "traffic"]  # once after the wait, once after status
+    assert [c.clock for c in built] == [deps.clock, deps.clock]
+    assert built[0].service == settings.key
+    assert built[0].target.pod_ip == "10.0.0.7"
 
 
 def test_register_wait_enables_after_the_app_registers(deps: Deps, clock: FakeClock) -> None:

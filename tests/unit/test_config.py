@@ -22,14 +22,42 @@ def settings(env: dict[str, str], **flags: object):  # type: ignore[no-untyped-d
         ("web-12", "web"),
         ("node-agent-x7k2p", "node-agent"),
         ("api-7d4b9c8f6-2xzqv", "api"),
+        # Kubernetes cuts a generated name's base (ReplicaSet name + "-") to 58 characters, then adds 5:
+        (
+            "payment-reconciliation-service-eu-west-production-7d9c8b6fx2x9k",
+            "payment-reconciliation-service-eu-west-production",
+        ),
+        (
+            "settlement-ledger-reconciliation-worker-eu-central-1-blue-x2x9k",
+            "settlement-ledger-reconciliation-worker-eu-central-1-blue",
+        ),
     ],
 )
 def test_service_is_derived_from_generated_pod_names(pod: str, service: str) -> None:
     assert derive_service(pod) == service
 
 
-def test_undecodable_pod_name_gives_none() -> None:
-    assert derive_service("standalone") is None
+def _pod_name(deployment: str, template_hash: str, random: str = "x2x9k") -> str:
+    """A Deployment's pod name as Kubernetes makes it: (ReplicaSet name + "-") cut to 58, then 5 random."""
+    return f"{deployment}-{template_hash}-"[:58] + random
+
+
+@pytest.mark.parametrize("length", range(40, 58))
+def test_every_truncation_of_a_long_deployment_name_is_derived(length: int) -> None:
+    deployment = ("payments-reconciliation-" * 3)[:length].rstrip("-")
+    assert derive_service(_pod_name(deployment, "7d9c8b6f5d")) == deployment
+
+
+@pytest.mark.parametrize("pod", ["standalone", "Web_1", "a" * 63])
+def test_undecodable_pod_name_gives_none(pod: str) -> None:
+    assert derive_service(pod) is None
+
+
+def test_an_undecodable_pod_name_means_a_lookup_by_ip_and_port() -> None:
+    s = settings({**BASE, "HOSTNAME": "standalone"})
+    assert s.service.value == ""
+    assert s.service_derived
+    assert "looked up by ip:port" in s.service.source
 
 
 def test_flag_beats_nacos_variable_beats_spring_fallback_beats_default() -> None:
@@ -87,7 +115,6 @@ def test_budget_defaults_to_grace_minus_reserve() -> None:
         ({"PRESTOP_BUDGET_SECONDS": "nan"}, "PRESTOP_BUDGET_SECONDS='nan' must be"),
         ({"NACOS_API": "v9"}, "NACOS_API='v9' is not a known API"),
         ({"NACOS_USERNAME": "nacos"}, "NACOS_PASSWORD is not set"),
-        ({"HOSTNAME": "standalone"}, "set NACOS_SERVICE_NAME"),
         ({"PRESTOP_GRACE_SECONDS": "10"}, "leaves no time"),
         ({"PRESTOP_GRACE_SECONDS": "30", "PRESTOP_BUDGET_SECONDS": "40"}, "longer than PRESTOP_GRACE_SECONDS"),
         ({"PRESTOP_LOG_TO_PID1": "maybe"}, "PRESTOP_LOG_TO_PID1='maybe'"),
@@ -136,3 +163,32 @@ def test_default_policy_waits_on_traffic_instead_of_the_cache_allowance() -> Non
     assert registry_only.consumer_cache.value == 35.0
     explicit = settings({**BASE, "PRESTOP_CONSUMER_CACHE_SECONDS": "12"})
     assert explicit.consumer_cache.value == 12.0
+
+
+@pytest.mark.parametrize("port", ["8_080", "+8080", "\uff18\uff10\uff18\uff10", "8080.0", "0x1f90", "8 080"])
+def test_a_port_is_plain_ascii_digits(port: str) -> None:
+    with pytest.raises(ConfigError, match="is not a port number"):
+        settings({**BASE, "NACOS_SERVICE_PORT": port})
+
+
+@pytest.mark.parametrize("seconds", ["2_0", "+20", "\uff12\uff10"])
+def test_seconds_are_plain_ascii_numbers(seconds: str) -> None:
+    with pytest.raises(ConfigError, match="is not a number of seconds"):
+        settings({**BASE, "PRESTOP_BUDGET_SECONDS": seconds})
+
+
+@pytest.mark.parametrize(
+    "name", ["PRESTOP_BUDGET_SECONDS", "PRESTOP_GRACE_SECONDS", "PRESTOP_REGISTER_TIMEOUT_SECONDS"]
+)
+def test_a_huge_number_of_seconds_is_refused_in_one_line(name: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        settings({**BASE, name: "1e10"})
+    assert f"{name}='1e10' is longer than a day" in str(caught.value)
+
+
+def test_a_password_keeps_its_spaces() -> None:
+    s = settings({**BASE, "NACOS_USERNAME": " nacos ", "NACOS_PASSWORD": "  pass word  "})
+    assert s.password is not None
+    assert s.password.value == "  pass word  "
+    assert s.username is not None
+    assert s.username.value == "nacos"

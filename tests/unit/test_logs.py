@@ -10,7 +10,7 @@ import structlog
 
 from prestop_agent.clock import Deadline
 from prestop_agent.logs import RunClock, Secrets, configure, open_pid1_stdout
-from tests.unit.fakes import FakeClock
+from tests.fakes import FakeClock
 
 
 def test_json_lines_carry_timing_and_reach_the_pid1_copy_scrubbed() -> None:

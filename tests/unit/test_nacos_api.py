@@ -12,7 +12,7 @@ from prestop_agent.nacos.api import APIS, ApiGone
 from prestop_agent.nacos.model import ServerAddress, ServiceKey
 from prestop_agent.nacos.registry import Registry
 from prestop_agent.nacos.server import NacosServer
-from tests.unit.fakes import FakeClock
+from tests.fakes import FakeClock
 
 KEY = ServiceKey("public", "DEFAULT_GROUP", "demo")
 SPRING_404 = {"timestamp": "2026-11-22T01:52:59.169+00:00", "status": 404, "error": "Not Found", "path": "/nacos/x"}

@@ -11,7 +11,7 @@ from prestop_agent.clock import Deadline
 from prestop_agent.errors import WatcherError
 from prestop_agent.wait import MAX_INTERVAL, MIN_INTERVAL, interval_for, wait_until_gone
 from prestop_agent.watchers.base import Observation, Verdict
-from tests.unit.fakes import FakeClock
+from tests.fakes import FakeClock
 
 
 class Scripted:
@@ -28,6 +28,9 @@ class Scripted:
         if isinstance(step, Exception):
             raise step
         return Observation(step, step.value)
+
+    def close(self) -> None:
+        """Nothing to release."""
 
 
 G, P = Verdict.GONE, Verdict.PRESENT
@@ -97,6 +100,9 @@ def test_next_poll_hint_shortens_the_interval() -> None:
                 return Observation(P, "consumer_cache", {"next_poll_s": 0.2})
             return Observation(G, "unserved")
 
+        def close(self) -> None:
+            """Nothing to release."""
+
     clock = FakeClock()
     done, _ = wait_until_gone([Hinting()], Deadline.after(clock, 300), request_timeout=5)
     assert done
@@ -112,6 +118,9 @@ def test_poll_timeout_is_capped_by_the_deadline() -> None:
         def poll(self, now: float, timeout: float) -> Observation:
             seen.append(timeout)
             return Observation(P, "x")
+
+        def close(self) -> None:
+            """Nothing to release."""
 
     clock = FakeClock()
     wait_until_gone([Slow()], Deadline.after(clock, 3), request_timeout=30)

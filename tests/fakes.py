@@ -1,4 +1,4 @@
-"""Test doubles that are ours to own: a clock that never waits, and an in-memory Nacos."""
+"""Test doubles that are ours to own: a clock that never waits, an in-memory Nacos, a watcher's build context."""
 
 from __future__ import annotations
 
@@ -9,6 +9,11 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import httpx
+
+from prestop_agent.clock import Clock, SystemClock
+from prestop_agent.nacos.model import ServiceKey
+from prestop_agent.nacos.registry import Registry
+from prestop_agent.watchers.base import PodTarget, WatchContext
 
 
 class FakeClock:
@@ -180,3 +185,9 @@ class FakeNacos:
         group = params.get("groupNameParam", "DEFAULT_GROUP")
         items = [{"name": k.split("@@", 1)[1], "groupName": group} for k in self.services if k.startswith(group + "@@")]
         return self._envelope({"totalCount": len(items), "pageNumber": 1, "pagesAvailable": 1, "pageItems": items})
+
+
+def watch_context(target: PodTarget, clock: Clock | None = None) -> WatchContext:
+    """What a watcher that never asks Nacos is built with: the pod, a clock, and a cluster of no servers."""
+    registry = Registry([], "auto", target.pod_ip, target.port, "DEFAULT")
+    return WatchContext(target, clock or SystemClock(), registry, ServiceKey("public", "DEFAULT_GROUP", "orders"))

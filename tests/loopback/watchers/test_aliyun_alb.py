@@ -35,6 +35,7 @@ from prestop_agent.errors import ConfigError, WatcherError  # noqa: E402
 from prestop_agent.source import Source  # noqa: E402
 from prestop_agent.watchers import aliyun_alb  # noqa: E402
 from prestop_agent.watchers.base import PodTarget, Verdict  # noqa: E402
+from tests.fakes import watch_context  # noqa: E402
 
 AK_ID = "LTAI-test-key-id"
 AK_SECRET = "aliyun-secret-never-logged"
@@ -195,7 +196,7 @@ def _watcher(
 ) -> aliyun_alb.AliyunAlbWatcher:
     config = config or _config(*(), PRESTOP_ALIYUN_ENDPOINT=fake.url, **env)
     client = aliyun_alb.make_client(config, credential=_static_credential())
-    return aliyun_alb.AliyunAlbWatcher(config, POD, client=client)
+    return aliyun_alb.AliyunAlbWatcher(config, POD, client=client, monotonic=time.monotonic)
 
 
 # --- configuration --------------------------------------------------------------------------
@@ -423,7 +424,10 @@ def test_a_server_that_never_answers_costs_one_poll_timeout() -> None:
     try:
         config = _config(PRESTOP_ALIYUN_ENDPOINT=f"http://127.0.0.1:{silent.getsockname()[1]}")
         watcher = aliyun_alb.AliyunAlbWatcher(
-            config, POD, client=aliyun_alb.make_client(config, credential=_static_credential())
+            config,
+            POD,
+            client=aliyun_alb.make_client(config, credential=_static_credential()),
+            monotonic=time.monotonic,
         )
         started = time.monotonic()
         with pytest.raises(WatcherError, match="timed out"):
@@ -440,7 +444,7 @@ def test_unreachable_endpoint() -> None:
     closed.close()  # nothing listens there now
     config = _config(PRESTOP_ALIYUN_ENDPOINT=f"http://127.0.0.1:{port}")
     watcher = aliyun_alb.AliyunAlbWatcher(
-        config, POD, client=aliyun_alb.make_client(config, credential=_static_credential())
+        config, POD, client=aliyun_alb.make_client(config, credential=_static_credential()), monotonic=time.monotonic
     )
     with pytest.raises(WatcherError, match="endpoint unreachable"):
         watcher.poll(0.0, 2.0)
@@ -453,7 +457,7 @@ def test_build_uses_the_sdk_default_chain(fake: FakeAlb, monkeypatch: pytest.Mon
     monkeypatch.setattr(auth_util, "environment_access_key_id", AK_ID)
     monkeypatch.setattr(auth_util, "environment_access_key_secret", AK_SECRET)
     fake.groups[GROUP] = [server(POD.pod_ip, POD.port, "Available")]
-    watcher = aliyun_alb.build(_config(PRESTOP_ALIYUN_ENDPOINT=fake.url), POD)
+    watcher = _config(PRESTOP_ALIYUN_ENDPOINT=fake.url).build(watch_context(POD))
     assert watcher.name == "aliyun-alb"
     assert watcher.poll(0.0, 5.0).verdict is Verdict.PRESENT
     assert fake.requests[0]["headers"]["authorization"].startswith(f"ACS3-HMAC-SHA256 Credential={AK_ID},")

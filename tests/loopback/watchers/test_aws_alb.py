@@ -32,6 +32,7 @@ from prestop_agent.errors import ConfigError, WatcherError  # noqa: E402
 from prestop_agent.source import Source  # noqa: E402
 from prestop_agent.watchers import aws_alb  # noqa: E402
 from prestop_agent.watchers.base import PodTarget, Verdict  # noqa: E402
+from tests.fakes import watch_context  # noqa: E402
 
 SECRET = "moto-secret-key-never-logged"
 POD = PodTarget(pod_ip="10.0.1.5", port=8080, host_ip="10.0.0.9")
@@ -299,7 +300,7 @@ def test_build_uses_the_default_credential_chain_and_the_endpoint(cloud: Cloud) 
     """build() makes its own session: here the chain finds the fake keys in the environment."""
     arn = cloud.target_group()
     cloud.register(arn)
-    watcher = aws_alb.build(_config(arn, PRESTOP_AWS_ENDPOINT_URL=cloud.url), POD)
+    watcher = _config(arn, PRESTOP_AWS_ENDPOINT_URL=cloud.url).build(watch_context(POD))
     assert watcher.name == "aws-alb"
     assert watcher.poll(0.0, 5.0).verdict is Verdict.PRESENT
 
@@ -309,7 +310,7 @@ def test_no_credentials_is_a_watcher_error_without_leaving_loopback(
 ) -> None:
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
-    watcher = aws_alb.build(_config(FAKE_ARN, PRESTOP_AWS_ENDPOINT_URL=cloud.url), POD)
+    watcher = _config(FAKE_ARN, PRESTOP_AWS_ENDPOINT_URL=cloud.url).build(watch_context(POD))
     with pytest.raises(WatcherError, match="no AWS credentials found"):
         watcher.poll(0.0, 5.0)
 
@@ -344,11 +345,24 @@ def test_a_server_that_never_answers_costs_one_poll_timeout() -> None:
 # --- error shapes moto cannot produce, and states it never reports ---------------------------
 
 
+@dataclass
+class _OneClient:
+    """The same client for every region and timeout."""
+
+    client: Any
+
+    def __call__(self, region: str, share: float) -> Any:
+        return self.client
+
+    def close(self) -> None:
+        self.client.close()
+
+
 def _stubbed(config: aws_alb.AwsAlbConfig) -> tuple[aws_alb.AwsAlbWatcher, Stubber]:
     client = _session().client("elbv2", region_name="us-east-1")
     stubber = Stubber(client)
     stubber.activate()
-    watcher = aws_alb.AwsAlbWatcher(config, POD, clients=lambda region, share: client)
+    watcher = aws_alb.AwsAlbWatcher(config, POD, clients=_OneClient(client))
     return watcher, stubber
 
 

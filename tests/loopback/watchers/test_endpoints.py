@@ -8,6 +8,7 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from prestop_agent.source import Source
 from prestop_agent.watchers import endpoints
 from prestop_agent.watchers.base import PodTarget, Verdict
 from prestop_agent.watchers.endpoints import EndpointsConfig, EndpointsWatcher, load_config
+from tests.fakes import watch_context
 
 NS = "shop"
 POD_IP = "10.244.1.17"
@@ -191,7 +193,7 @@ def running(sa_dir: Path) -> Iterator[Running]:
 
 def watcher_for(running: Running, **env: str) -> EndpointsWatcher:
     config = load_config(Source({"PRESTOP_KUBE_API": running.url, "PRESTOP_KUBE_SA_DIR": str(running.sa_dir), **env}))
-    watcher = endpoints.build(config, TARGET)
+    watcher = config.build(watch_context(TARGET))
     assert isinstance(watcher, EndpointsWatcher)
     return watcher
 
@@ -296,7 +298,7 @@ def test_services_narrow_the_list(running: Running) -> None:
 def test_ipv6_pod_ip_matches_any_spelling(running: Running) -> None:
     running.api.single(endpoint_slice("web-v6", "web", [endpoint("fd00:10:244::11", READY)], address_type="IPv6"))
     config = load_config(Source({"PRESTOP_KUBE_API": running.url, "PRESTOP_KUBE_SA_DIR": str(running.sa_dir)}))
-    watcher = endpoints.build(config, PodTarget(pod_ip="fd00:10:244:0:0:0:0:11", port=8080))
+    watcher = config.build(watch_context(PodTarget(pod_ip="fd00:10:244:0:0:0:0:11", port=8080)))
     try:
         assert watcher.poll(0.0, 2.0).verdict is Verdict.PRESENT
     finally:
@@ -407,6 +409,7 @@ API = "https://10.96.0.1:443"
 
 
 def respx_watcher(**kwargs: Any) -> EndpointsWatcher:
+    kwargs.setdefault("monotonic", time.monotonic)
     return EndpointsWatcher(httpx.Client(base_url=API), namespace=NS, pod_ip=POD_IP, token=lambda: TOKEN, **kwargs)
 
 
@@ -476,25 +479,48 @@ def test_pages_share_one_poll_timeout() -> None:
 # ------------------------------------------------------------------------------ config
 
 
-def test_config_from_the_pod_environment() -> None:
-    config = load_config(Source({"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}))
-    assert config == EndpointsConfig(api_url="https://10.96.0.1:443")
-    assert config.sa_dir == "/var/run/secrets/kubernetes.io/serviceaccount"
-    assert config.namespace is None
+@pytest.fixture
+def with_ca(tmp_path: Path, sa_dir: Path) -> Path:
+    """The service-account folder with a cluster CA certificate in it."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    cert, _ = make_cert(tmp_path, "cluster-ca")
+    shutil.copy(cert, sa_dir / "ca.crt")
+    return sa_dir
 
 
-def test_config_ipv6_api_host_and_default_port() -> None:
-    config = load_config(Source({"KUBERNETES_SERVICE_HOST": "fd00:10:96::1"}))
+def test_config_from_the_pod_environment(with_ca: Path) -> None:
+    sa_dir = with_ca
+    config = load_config(
+        Source(
+            {
+                "KUBERNETES_SERVICE_HOST": "10.96.0.1",
+                "KUBERNETES_SERVICE_PORT": "443",
+                "PRESTOP_KUBE_SA_DIR": str(sa_dir),
+            }
+        )
+    )
+    assert config == EndpointsConfig(api_url="https://10.96.0.1:443", sa_dir=str(sa_dir), namespace=NS)
+
+
+def test_config_defaults_to_the_standard_service_account_mount() -> None:
+    with pytest.raises(ConfigError, match=r"/var/run/secrets/kubernetes\.io/serviceaccount/namespace"):
+        load_config(Source({"KUBERNETES_SERVICE_HOST": "10.96.0.1"}))
+
+
+def test_config_ipv6_api_host_and_default_port(with_ca: Path) -> None:
+    sa_dir = with_ca
+    config = load_config(Source({"KUBERNETES_SERVICE_HOST": "fd00:10:96::1", "PRESTOP_KUBE_SA_DIR": str(sa_dir)}))
     assert config.api_url == "https://[fd00:10:96::1]:443"
 
 
-def test_config_overrides() -> None:
+def test_config_overrides(sa_dir: Path) -> None:
     config = load_config(
         Source(
             {
                 "KUBERNETES_SERVICE_HOST": "10.96.0.1",
                 "PRESTOP_KUBE_API": "http://127.0.0.1:8001/",
-                "PRESTOP_KUBE_SA_DIR": "/tmp/sa",
+                "PRESTOP_KUBE_SA_DIR": str(sa_dir),
                 "POD_NAMESPACE": "shop",
                 "PRESTOP_KUBE_NAMESPACE": "shop-canary",
                 "PRESTOP_ENDPOINTS_SERVICES": "web, web-internal",
@@ -502,9 +528,36 @@ def test_config_overrides() -> None:
         )
     )
     assert config == EndpointsConfig(
-        api_url="http://127.0.0.1:8001", sa_dir="/tmp/sa", namespace="shop-canary", services=("web", "web-internal")
+        api_url="http://127.0.0.1:8001", sa_dir=str(sa_dir), namespace="shop-canary", services=("web", "web-internal")
     )
-    assert load_config(Source({"KUBERNETES_SERVICE_HOST": "h", "POD_NAMESPACE": "shop"})).namespace == "shop"
+    (sa_dir / "namespace").unlink()
+    given = Source({"PRESTOP_KUBE_API": "http://h:8001", "PRESTOP_KUBE_SA_DIR": str(sa_dir), "POD_NAMESPACE": "shop"})
+    assert load_config(given).namespace == "shop"
+
+
+def test_service_account_files_are_checked_when_the_settings_are_loaded(tmp_path: Path, with_ca: Path) -> None:
+    # Before anything is written: a watcher that cannot be built after the write would leave the
+    # instance disabled and the run crashed.
+    sa_dir = with_ca
+    env = {"PRESTOP_KUBE_API": "https://10.96.0.1:443", "PRESTOP_KUBE_SA_DIR": str(sa_dir)}
+    shutil.copy(sa_dir / "ca.crt", tmp_path / "saved.crt")
+    (sa_dir / "ca.crt").unlink()
+    with pytest.raises(ConfigError, match=r"cluster CA from .*ca\.crt"):
+        load_config(Source(env))
+    (sa_dir / "ca.crt").write_text("not a certificate")
+    with pytest.raises(ConfigError, match=r"ca\.crt"):
+        load_config(Source(env))
+    shutil.copy(tmp_path / "saved.crt", sa_dir / "ca.crt")
+    assert load_config(Source(env)).namespace == NS
+    (sa_dir / "namespace").write_text("Not_A_Namespace")
+    with pytest.raises(ConfigError, match="is not a namespace name"):
+        load_config(Source(env))
+    (sa_dir / "namespace").unlink()
+    with pytest.raises(ConfigError, match=r"namespace from .*POD_NAMESPACE"):
+        load_config(Source(env))
+    (sa_dir / "token").unlink()
+    with pytest.raises(ConfigError, match="automountServiceAccountToken"):
+        load_config(Source({**env, "POD_NAMESPACE": NS}))
 
 
 @pytest.mark.parametrize(
@@ -531,21 +584,21 @@ def test_bad_config(env: dict[str, str], words: list[str]) -> None:
 
 def test_build_reads_namespace_and_needs_token_and_ca(sa_dir: Path) -> None:
     http = EndpointsConfig(api_url="http://127.0.0.1:1", sa_dir=str(sa_dir))
-    built = endpoints.build(http, TARGET)
+    built = http.build(watch_context(TARGET))
     assert isinstance(built, EndpointsWatcher)
     built.close()
     with pytest.raises(ConfigError, match=r"ca\.crt"):
-        endpoints.build(EndpointsConfig(api_url="https://10.96.0.1:443", sa_dir=str(sa_dir)), TARGET)
+        EndpointsConfig(api_url="https://10.96.0.1:443", sa_dir=str(sa_dir)).build(watch_context(TARGET))
     (sa_dir / "namespace").unlink()
     with pytest.raises(ConfigError, match="POD_NAMESPACE"):
-        endpoints.build(http, TARGET)
+        http.build(watch_context(TARGET))
     named = EndpointsConfig(api_url="http://127.0.0.1:1", sa_dir=str(sa_dir), namespace=NS)
-    given = endpoints.build(named, TARGET)
+    given = named.build(watch_context(TARGET))
     assert isinstance(given, EndpointsWatcher)
     given.close()
     (sa_dir / "token").unlink()
     with pytest.raises(ConfigError, match="automountServiceAccountToken"):
-        endpoints.build(named, TARGET)
+        named.build(watch_context(TARGET))
 
 
 def test_free_port_is_refused_quickly(sa_dir: Path) -> None:
@@ -553,7 +606,7 @@ def test_free_port_is_refused_quickly(sa_dir: Path) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    watcher = endpoints.build(EndpointsConfig(api_url=f"http://127.0.0.1:{port}", sa_dir=str(sa_dir)), TARGET)
+    watcher = EndpointsConfig(api_url=f"http://127.0.0.1:{port}", sa_dir=str(sa_dir)).build(watch_context(TARGET))
     assert isinstance(watcher, EndpointsWatcher)
     try:
         with pytest.raises(WatcherError, match="unreachable"):
