@@ -38,11 +38,20 @@ class Resolved(Generic[T]):
 
 
 class Source:
-    """Flags and environment variables, read in the project's precedence order."""
+    """Flags and environment variables, read in the project's precedence order.
 
-    def __init__(self, environ: Mapping[str, str], flags: Mapping[str, object | None] | None = None):
+    ``local`` says whether the run happens on this machine: then settings that name files (the
+    service-account mount) or need an installed package (a cloud SDK) are checked here too.
+    ``check`` builds a Source from a manifest with ``local=False``: the pod's files and image
+    are not the checking machine's.
+    """
+
+    def __init__(
+        self, environ: Mapping[str, str], flags: Mapping[str, object | None] | None = None, *, local: bool = True
+    ):
         self._environ = dict(environ)
         self._flags = dict(flags or {})
+        self.local = local
 
     def raw(self, *names: str, flag: str | None = None, strip: bool = True) -> Resolved[str] | None:
         """The first non-empty value among the flag, then the variables in order.

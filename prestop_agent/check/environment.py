@@ -7,9 +7,10 @@ unresolved, with the reason, so that a rule depending on them says so instead of
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from prestop_agent.check.arguments import shell_fills_in
 from prestop_agent.check.manifests import Doc, as_list, mapping
 from prestop_agent.check.report import ContainerCheck, Value, Violation
 from prestop_agent.config import DEFAULT_WAIT_FOR
@@ -21,7 +22,10 @@ from prestop_agent.watchers.catalog import watcher_names
 @dataclass(frozen=True)
 class ContainerEnv:
     values: Mapping[str, str]
-    unresolved: Mapping[str, str]  # name -> why it cannot be known from the files
+    unresolved: Mapping[str, str]  # name (or "PREFIX*" for a whole envFrom source) -> why it cannot be known
+    explicit: frozenset[str] = frozenset()  # names an ``env`` entry sets: no envFrom source can change them
+    field_paths: Mapping[str, str] = field(default_factory=dict)  # name -> the downward API field it holds
+    from_secrets: frozenset[str] = frozenset()  # names a secretKeyRef sets
 
     def get(self, name: str) -> tuple[str | None, str | None]:
         """(value, None), (None, why unknown) or (None, None) when unset."""
@@ -35,6 +39,51 @@ class ContainerEnv:
 def container_env(container: Mapping[str, Any], ns: str | None, configmaps: Mapping[str, Doc]) -> ContainerEnv:
     values: dict[str, str] = {}
     unresolved: dict[str, str] = {}
+    _env_from(container, ns, configmaps, values, unresolved)
+    explicit: set[str] = set()
+    field_paths: dict[str, str] = {}
+    from_secrets: set[str] = set()
+    for entry in as_list(container.get("env")):
+        item = mapping(entry)
+        name = str(item.get("name", ""))
+        explicit.add(name)
+        field_paths.pop(name, None)
+        from_secrets.discard(name)
+        if "valueFrom" in item:
+            values.pop(name, None)
+            value_from = mapping(item.get("valueFrom"))
+            ref = mapping(value_from.get("configMapKeyRef"))
+            cm = _configmap(configmaps, str(ref.get("name")), ns) if ref else None
+            data = mapping(cm.obj.get("data")) if cm is not None else {}
+            if ref and str(ref.get("key")) in data:
+                values[name] = str(data[str(ref.get("key"))])
+                unresolved.pop(name, None)
+            else:
+                kind = next(iter(value_from), "valueFrom")
+                unresolved[name] = f"{name} comes from {kind}, " + _UNREADABLE.get(kind, "which the check cannot read")
+                if "fieldRef" in value_from:
+                    field_paths[name] = str(mapping(value_from["fieldRef"]).get("fieldPath", ""))
+                if "secretKeyRef" in value_from:
+                    from_secrets.add(name)
+            continue
+        value = str(item.get("value", ""))
+        if "$(" in value:
+            unresolved[name] = f"{name}={value!r} refers to other variables"
+            values.pop(name, None)
+            continue
+        values[name] = value
+        unresolved.pop(name, None)
+    return ContainerEnv(values, unresolved, frozenset(explicit), field_paths, frozenset(from_secrets))
+
+
+def _env_from(
+    container: Mapping[str, Any],
+    ns: str | None,
+    configmaps: Mapping[str, Doc],
+    values: dict[str, str],
+    unresolved: dict[str, str],
+) -> None:
+    """What ``envFrom`` sets: a ConfigMap of the directory's keys, or "PREFIX*" as unknown."""
     for source in as_list(container.get("envFrom")):
         source_map = mapping(source)
         prefix = str(source_map.get("prefix") or "")
@@ -49,29 +98,6 @@ def container_env(container: Mapping[str, Any], ns: str | None, configmaps: Mapp
         secret = mapping(source_map.get("secretRef"))
         if secret:
             unresolved[f"{prefix}*"] = f"envFrom secretRef {secret.get('name')} cannot be read from manifests"
-    for entry in as_list(container.get("env")):
-        item = mapping(entry)
-        name = str(item.get("name", ""))
-        if "valueFrom" in item:
-            values.pop(name, None)
-            ref = mapping(mapping(item.get("valueFrom")).get("configMapKeyRef"))
-            cm = _configmap(configmaps, str(ref.get("name")), ns) if ref else None
-            data = mapping(cm.obj.get("data")) if cm is not None else {}
-            if ref and str(ref.get("key")) in data:
-                values[name] = str(data[str(ref.get("key"))])
-                unresolved.pop(name, None)
-            else:
-                kind = next(iter(mapping(item.get("valueFrom"))), "valueFrom")
-                unresolved[name] = f"{name} comes from {kind}, " + _UNREADABLE.get(kind, "which the check cannot read")
-            continue
-        value = str(item.get("value", ""))
-        if "$(" in value:
-            unresolved[name] = f"{name}={value!r} refers to other variables"
-            values.pop(name, None)
-            continue
-        values[name] = value
-        unresolved.pop(name, None)
-    return ContainerEnv(values, unresolved)
 
 
 _UNREADABLE = {
@@ -93,6 +119,9 @@ def env_seconds(
     check: ContainerCheck, env: ContainerEnv, flags: Mapping[str, str], flag: str, *names: str
 ) -> Value | None:
     """The first of the flag and the variables that is set: a Value, or a Value without seconds if unknown."""
+    if flag in flags and shell_fills_in(flags[flag]):
+        check.notes.append(f"--{flag} {flags[flag]} is filled in at run time; the check assumes nothing for it")
+        return Value(None, f"--{flag} (unresolved)")
     if flag in flags:
         text, name, origin = flags[flag], f"--{flag}", f"--{flag}"
     else:
@@ -109,7 +138,8 @@ def env_seconds(
     try:
         return Value(parse_seconds(name, text), origin)
     except ConfigError as exc:
-        check.violations.append(Violation("config", f"{exc}; the agent would refuse it and exit 2 without waiting"))
+        if not any(v.rule == "config" for v in check.violations):  # the agent's own validation says it first
+            check.violations.append(Violation("config", f"{exc}; the agent would refuse it and exit 2 without waiting"))
         return Value(None, f"{origin} (invalid)")
 
 
@@ -117,6 +147,9 @@ def watched_by(
     env: ContainerEnv, flags: Mapping[str, str], check: ContainerCheck
 ) -> tuple[tuple[str, ...], str] | None:
     """The watchers the agent would run, and where that list comes from; None when the manifests cannot tell."""
+    if "wait-for" in flags and shell_fills_in(flags["wait-for"]):
+        check.notes.append(f"--wait-for {flags['wait-for']} is filled in at run time; watchers unknown")
+        return None
     if "wait-for" in flags:
         text, origin = flags["wait-for"], "--wait-for"
     else:

@@ -2,8 +2,12 @@
 
 * agent: ``exec`` running ``prestop-agent deregister`` (directly or in ``sh -c``), or an
   ``httpGet`` to a sidecar's ``/prestop`` (``prestop-agent serve``; its env holds the
-  agent's settings). The preStop wait is at most the agent's budget.
-* sleep: ``exec`` ``sleep N`` (directly or in ``sh -c``) or the native ``sleep`` action.
+  agent's settings). The preStop wait is at most the agent's budget, plus any ``sleep`` in
+  the same shell script (counted whole: ``deregister --wait; sleep 30`` can take both).
+* sleep: ``exec`` ``sleep N...`` (directly or in ``sh -c``; GNU and busybox ``sleep`` add up
+  their arguments, so ``sleep 1m 30s`` is 90 s) or the native ``sleep`` action.
+
+The agent's arguments are read by the agent's own command line (``arguments``).
 """
 
 from __future__ import annotations
@@ -15,11 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
+from prestop_agent.check.arguments import Arguments, parse_arguments
 from prestop_agent.check.manifests import as_list, mapping
 from prestop_agent.errors import ConfigError
 
-_SLEEP_IN_SHELL = re.compile(r"(?:^|[\s;&|(])(?:\S*/)?sleep\s+(\d+(?:\.\d+)?)([smhd]?)(?=$|[\s;&|)])")
-_AGENT_IN_SHELL = re.compile(r"(?:^|[\s;&|(])(?:\S*/)?prestop-agent\s+(deregister|serve)\b([^;&|\n]*)")
+_DURATION = r"\d+(?:\.\d+)?[smhd]?"
+_SLEEP_IN_SHELL = re.compile(rf"(?:^|[\s;&|(])(?:\S*/)?sleep((?:\s+{_DURATION})+)(?=$|[\s;&|)])")
+_AGENT_IN_SHELL = re.compile(r"(?:^|[\s;&|(])(?:\S*/)?prestop-agent\s+(deregister|serve)\b")
+_FD_BEFORE_REDIRECT = re.compile(r"(?<![^\s;&|])\d+(?=[<>])")
+_OPERATOR = set("<>&|;()")
 SHELLS = ("sh", "bash", "ash", "dash")
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -28,43 +36,57 @@ _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 class Hook:
     kind: str  # "agent" or "sleep"
     text: str
-    sleep_s: float = 0.0
-    flags: Mapping[str, str] = field(default_factory=dict)
-    wait: bool = True
+    sleep_s: float = 0.0  # a sleep hook's wait; for the agent, sleeps beside it in the same script
+    arguments: Arguments = field(default_factory=Arguments)
+    command: str = "deregister"  # the agent's command whose settings apply: deregister, or the sidecar's serve
     settings_from: Mapping[str, Any] | None = None  # the sidecar container holding the agent's env
 
+    @property
+    def flags(self) -> Mapping[str, str]:
+        return self.arguments.flags
 
-def _agent_flags(args: Sequence[str]) -> tuple[dict[str, str], bool]:
-    flags: dict[str, str] = {}
-    wait = True
-    items = list(args)
-    i = 0
-    while i < len(items):
-        arg = items[i]
-        if arg == "--no-wait":
-            wait = False
-        elif arg == "--wait":
-            wait = True
-        elif arg.startswith("--") and "=" in arg:
-            key, _, value = arg[2:].partition("=")
-            flags[key] = value
-        elif arg.startswith("--") and i + 1 < len(items) and not items[i + 1].startswith("--"):
-            flags[arg[2:]] = items[i + 1]
-            i += 1
-        i += 1
-    return flags, wait
+    @property
+    def wait(self) -> bool:
+        return self.arguments.wait
+
+
+def _seconds(words: Sequence[str]) -> float | None:
+    """What ``sleep WORDS`` waits (the arguments add up), or None if it is not plain numbers."""
+    matches = [re.fullmatch(r"(\d+(?:\.\d+)?)([smhd]?)", w) for w in words]
+    if not words or not all(matches):
+        return None
+    return sum(float(m.group(1)) * _UNITS[m.group(2)] for m in matches if m)
+
+
+def shell_arguments(text: str) -> list[str]:
+    """The words of one shell command, up to the first operator, without its redirections."""
+    line = _FD_BEFORE_REDIRECT.sub("", text.split("\n", 1)[0])
+    lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    try:
+        tokens = list(lexer)
+    except ValueError:  # an unclosed quote: the shell would refuse the script anyway
+        tokens = line.split()
+    words: list[str] = []
+    redirect_target = False
+    for token in tokens:
+        if redirect_target:
+            redirect_target = False
+        elif token and set(token) <= _OPERATOR:
+            if token[0] not in "<>" and token not in ("&>", "&>>"):
+                break  # ; & && || | ( ): the command ends here
+            redirect_target = True
+        else:
+            words.append(token)
+    return words
 
 
 def _shell_hook(shown: str, script: str) -> Hook | None:
+    sleeps = [_seconds(m.group(1).split()) or 0.0 for m in _SLEEP_IN_SHELL.finditer(script)]
     agent = _AGENT_IN_SHELL.search(script)
     if agent and agent.group(1) == "deregister":
-        try:
-            args = shlex.split(agent.group(2))
-        except ValueError:
-            args = agent.group(2).split()
-        flags, wait = _agent_flags(args)
-        return Hook("agent", f"exec {shown}", flags=flags, wait=wait)
-    sleeps = [float(m.group(1)) * _UNITS[m.group(2)] for m in _SLEEP_IN_SHELL.finditer(script)]
+        arguments = parse_arguments("deregister", shell_arguments(script[agent.end() :]), expanded=True)
+        return Hook("agent", f"exec {shown}", sleep_s=sum(sleeps), arguments=arguments)
     return Hook("sleep", f"exec {shown}", sleep_s=sum(sleeps)) if sleeps else None
 
 
@@ -77,26 +99,29 @@ def _exec_hook(words: Sequence[str]) -> Hook | None:
         return _shell_hook(shown, words[2])
     for index, word in enumerate(words):
         if PurePosixPath(word).name == "prestop-agent" and words[index + 1 : index + 2] == ["deregister"]:
-            flags, wait = _agent_flags(words[index + 2 :])
-            return Hook("agent", f"exec {shown}", flags=flags, wait=wait)
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd]?)", words[1]) if base == "sleep" and len(words) == 2 else None
-    if match:
-        return Hook("sleep", f"exec {shown}", sleep_s=float(match.group(1)) * _UNITS[match.group(2)])
+            arguments = parse_arguments("deregister", words[index + 2 :], expanded=False)
+            return Hook("agent", f"exec {shown}", arguments=arguments)
+    seconds = _seconds(words[1:]) if base == "sleep" else None
+    return Hook("sleep", f"exec {shown}", sleep_s=seconds) if seconds is not None else None
+
+
+def serve_arguments(container: Mapping[str, Any]) -> list[str] | None:
+    """The arguments after ``serve`` if the container runs ``prestop-agent serve`` (a sidecar), else None."""
+    words = [str(w) for w in [*as_list(container.get("command")), *as_list(container.get("args"))]]
+    if "prestop-agent" in str(container.get("image", "")) and words[:1] == ["serve"]:
+        return words[1:]  # the agent's image, its entrypoint given the ``serve`` argument
+    for index, word in enumerate(words):
+        if PurePosixPath(word).name == "prestop-agent" and "serve" in words[index + 1 :]:
+            return words[words.index("serve", index + 1) + 1 :]
+        match = _AGENT_IN_SHELL.search(word)
+        if match and match.group(1) == "serve":
+            return shell_arguments(word[match.end() :])
     return None
 
 
 def runs_serve(container: Mapping[str, Any]) -> bool:
-    """Whether the container runs ``prestop-agent serve`` (the sidecar of issue 7)."""
-    words = [str(w) for w in [*as_list(container.get("command")), *as_list(container.get("args"))]]
-    if "prestop-agent" in str(container.get("image", "")) and words[:1] == ["serve"]:
-        return True  # the agent's image, its entrypoint given the ``serve`` argument
-    for index, word in enumerate(words):
-        if PurePosixPath(word).name == "prestop-agent" and "serve" in words[index + 1 :]:
-            return True
-        match = _AGENT_IN_SHELL.search(word)
-        if match and match.group(1) == "serve":
-            return True
-    return False
+    """Whether the container runs ``prestop-agent serve`` (the sidecar)."""
+    return serve_arguments(container) is not None
 
 
 def _ports(container: Mapping[str, Any]) -> set[str]:
@@ -118,15 +143,18 @@ def _http_hook(
     sidecars: list[Mapping[str, Any]] = [
         c
         for c in [*as_list(pod_spec.get("initContainers")), *as_list(pod_spec.get("containers"))]
-        if isinstance(c, Mapping) and c is not container and runs_serve(c)
+        if isinstance(c, Mapping) and runs_serve(c)  # the sidecar, also when its own hook joins the drain
     ]
     by_port = [c for c in sidecars if port in _ports(c)]
     if not by_port and not path.rstrip("/").endswith("/prestop"):
         return None, f"preStop httpGet {path} on port {port} is not a prestop-agent sidecar"
     chosen = by_port or sidecars
     sidecar = chosen[0] if chosen else None
-    flags, _ = _agent_flags([str(a) for a in as_list(sidecar.get("args"))] if sidecar is not None else [])
-    return Hook("agent", f"httpGet {path} port {port}", flags=flags, settings_from=sidecar), None
+    serve_args = serve_arguments(sidecar) if sidecar is not None else None
+    # The kubelet expands $(VAR) in a container's command and args (not in a hook's).
+    arguments = parse_arguments("serve", serve_args, expanded=True) if serve_args is not None else Arguments()
+    hook = Hook("agent", f"httpGet {path} port {port}", arguments=arguments, command="serve", settings_from=sidecar)
+    return hook, None
 
 
 def find_hook(container: Mapping[str, Any], pod_spec: Mapping[str, Any]) -> tuple[Hook | None, str | None]:

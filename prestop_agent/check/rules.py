@@ -105,7 +105,8 @@ class _Timing:
     app_env: ContainerEnv
     sources: list[tuple[str, Mapping[str, Any]]]
     grace: float = KUBERNETES_DEFAULT_GRACE_SECONDS
-    wait: float | None = None
+    wait: float | None = None  # the whole preStop hook
+    budget: float | None = None  # the agent's part of it
     reserve: float | None = None
     agent_grace: float | None = None
     evidence: float | None = None
@@ -157,14 +158,22 @@ def _agent_wait(t: _Timing) -> None:
         given = t.agent_grace is not None
         origin = "PRESTOP_GRACE_SECONDS" if given else f"agent default grace {DEFAULT_GRACE_SECONDS:g}"
         wait = Value(max(0.0, default_budget(t.agent_grace, reserve.seconds)), f"{origin} - shutdown reserve")
-    if not t.hook.wait:
+    if not t.hook.wait and t.hook.sleep_s:  # the seed scripts' way: out of the registry, then a fixed sleep
+        check.notes.append("`deregister --no-wait` and a sleep: a fixed wait, not evidence; `--wait` ends on evidence")
+        wait = Value(0.0, "--no-wait")
+    elif not t.hook.wait:
         t.violate(
             "budget",
             "preStop runs `prestop-agent deregister --no-wait`: it does not wait for traffic to leave; "
             "use `deregister --wait`",
         )
         wait = Value(0.0, "--no-wait")
-    check.values.append(("preStop wait", Value(wait.seconds, f"at most the agent budget: {wait.source}")))
+    t.budget = wait.seconds
+    source = f"at most the agent budget: {wait.source}"
+    if t.hook.sleep_s:  # a sleep in the same script runs before or after the agent, not instead
+        wait = Value(None if wait.seconds is None else wait.seconds + t.hook.sleep_s, wait.source)
+        source += f", plus sleep {fmt(t.hook.sleep_s)} in the same script"
+    check.values.append(("preStop wait", Value(wait.seconds, source)))
     check.values.append(("shutdown reserve", reserve))
     t.wait, t.reserve = wait.seconds, reserve.seconds
 
@@ -184,7 +193,9 @@ def _rule_grace(t: _Timing) -> None:
     if w is None or r is None or g >= w + r:
         return
     fix = f"raise terminationGracePeriodSeconds to {fmt(w + r)}"
-    if t.hook.kind == "agent" and t.agent_grace is not None and t.agent_grace > g:
+    if t.hook.kind == "agent" and t.hook.sleep_s:
+        fix += f", or drop the sleep of {fmt(t.hook.sleep_s)} beside the agent, which waits on evidence itself"
+    elif t.hook.kind == "agent" and t.agent_grace is not None and t.agent_grace > g:
         fix += f", or set PRESTOP_GRACE_SECONDS={fmt(g)} to match the pod's grace period"
     elif t.hook.kind == "agent" and g - r > 0:
         fix += f", or lower the budget to {fmt(g - r)} (PRESTOP_BUDGET_SECONDS={fmt(g - r)})"
@@ -199,7 +210,7 @@ def _rule_grace(t: _Timing) -> None:
 
 def _rule_budget(t: _Timing) -> None:
     """The agent's budget covers registry propagation plus the cache allowance or the traffic quiet time."""
-    needed, w, r = t.evidence, t.wait, t.reserve
+    needed, w, r = t.evidence, t.budget, t.reserve
     if needed is None or w is None or w >= needed:
         return
     fix = f"raise the budget to {fmt(needed)} (PRESTOP_BUDGET_SECONDS={fmt(needed)})"
@@ -236,18 +247,6 @@ def _agent_evidence(t: _Timing) -> float | None:
         )
         check.values.append(("traffic quiet time", quiet))
         parts.append(quiet.seconds)
-        least = env_seconds(check, t.env, {}, "", "PRESTOP_QUIET_MIN_SECONDS")
-        if (
-            least is not None
-            and least.seconds is not None
-            and quiet.seconds is not None
-            and least.seconds > quiet.seconds
-        ):
-            t.violate(
-                "config",
-                f"PRESTOP_QUIET_MIN_SECONDS={fmt(least.seconds)} is longer than the quiet time of "
-                f"{fmt(quiet.seconds)}; the agent would refuse it and exit 2 without waiting; set it to at most that",
-            )
     known = [p for p in parts if p is not None]
     if propagation.seconds is None or len(known) != len(parts):
         return None

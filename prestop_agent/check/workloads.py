@@ -6,7 +6,8 @@ consumer caches, an ALB that keeps draining after the pod is gone, an app that c
 keep-alive connections the load balancer still reuses. This reads Deployment,
 StatefulSet and DaemonSet manifests (``manifests``), finds each container whose preStop
 hook is the agent or a plain ``sleep`` (``hooks``), resolves its environment
-(``environment``) and the load balancer in front of it (``balancers``, ``annotations``),
+(``environment``), runs the agent's own settings validation on it (``settings``), finds
+the load balancer in front of it (``balancers``, ``annotations``),
 derives the shutdown timeline and checks the rules (``rules``), and reports (``report``).
 It reads files only; it never talks to a cluster.
 """
@@ -19,9 +20,10 @@ from pathlib import Path
 from prestop_agent.check.balancers import find_load_balancer, lb_from_env
 from prestop_agent.check.environment import container_env
 from prestop_agent.check.hooks import find_hook, runs_serve
-from prestop_agent.check.manifests import Directory, Doc, load_documents, manifest_files, mapping
+from prestop_agent.check.manifests import Directory, Doc, mapping, read_manifests
 from prestop_agent.check.report import CheckReport, ContainerCheck, Value
 from prestop_agent.check.rules import KUBERNETES_DEFAULT_GRACE_SECONDS, evaluate
+from prestop_agent.check.settings import Pod, validate
 from prestop_agent.errors import ConfigError
 
 
@@ -32,18 +34,19 @@ def run_check(paths: Sequence[Path]) -> CheckReport:
     the same directory: one directory holds one application's manifests (as in k8s-examples/).
     Raises ConfigError for unreadable or invalid input, or when no workload is found.
     """
-    files = manifest_files(paths)
-    if not files:
+    found = read_manifests(paths)
+    if not found.files and not found.notes:
         raise ConfigError("no manifest files given; pass YAML files or directories holding them")
     groups: dict[Path, Directory] = {}
-    for path in files:
+    for path, docs in found.files:
         inputs = groups.setdefault(path.parent, Directory())
-        for doc in load_documents(path):
+        for doc in docs:
             inputs.add(doc)
     if not any(inputs.workloads for inputs in groups.values()):
         shown = ", ".join(str(p) for p in paths)
-        raise ConfigError(f"no Deployment, StatefulSet or DaemonSet found in {shown}; nothing to check")
-    report = CheckReport()
+        skipped = f" (passed over as not manifests: {len(found.notes)})" if found.notes else ""
+        raise ConfigError(f"no Deployment, StatefulSet or DaemonSet found in {shown}{skipped}; nothing to check")
+    report = CheckReport(notes=list(found.notes))
     for inputs in groups.values():
         for workload in inputs.workloads:
             report.containers.extend(_check_workload(workload, inputs, report))
@@ -89,6 +92,12 @@ def _check_workload(workload: Doc, inputs: Directory, report: CheckReport) -> li
         check = ContainerCheck(workload.file, label, name, hook.text)
         env_source = hook.settings_from if hook.settings_from is not None else item
         env = container_env(env_source, workload.namespace, inputs.configmaps)
+        if hook.kind == "agent" and hook.command == "serve" and hook.settings_from is None:
+            check.notes.append("no container of the pod runs `prestop-agent serve`: the agent's settings not checked")
+        elif hook.kind == "agent":
+            hostname = pod_spec.get("hostname")
+            pod = Pod(workload.kind, workload.name, workload.namespace, str(hostname) if hostname else None)
+            validate(check, hook, env, pod)
         app_env = container_env(item, workload.namespace, inputs.configmaps)
         container_lb = lb_from_env(lb, env, hook, annotation_sources) if hook.kind == "agent" else lb
         evaluate(check, hook, grace=grace, env=env, app_env=app_env, lb=container_lb, sources=annotation_sources)

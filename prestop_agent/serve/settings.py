@@ -105,4 +105,29 @@ def _allow_from(src: Source, has_token: bool) -> tuple[bool, tuple[ipaddress.IPv
         found.value,
         example="e.g. 10.244.1.1,10.0.0.0/24, or 'any' with PRESTOP_SERVE_TOKEN",
     )
+    wide = too_wide(networks)
+    if wide is not None and not has_token:
+        raise ConfigError(
+            f"PRESTOP_SERVE_ALLOW_FROM={','.join(found.value)} lets callers from {wide} drain the pod, "
+            "as good as 'any'; set PRESTOP_SERVE_TOKEN too, or list narrower networks "
+            f"(together at most a /{WIDEST_PREFIX} per address family)"
+        )
     return False, networks
+
+
+# Callers that together hold more addresses than a /7 of a family count as "any" and need the token
+# too. A /7 is twice 10.0.0.0/8, the widest private IPv4 range, and exactly fc00::/7, the whole IPv6
+# unique-local range: every list of private networks fits; 0.0.0.0/0, ::/0 or their halves do not.
+WIDEST_PREFIX = 7
+
+
+def too_wide(networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> str | None:
+    """What the networks let in, when together (overlaps merged) they hold more addresses than a /7 of a family."""
+    v4 = list(ipaddress.collapse_addresses(n for n in networks if isinstance(n, ipaddress.IPv4Network)))
+    v6 = list(ipaddress.collapse_addresses(n for n in networks if isinstance(n, ipaddress.IPv6Network)))
+    for version, bits, merged in ((4, 32, v4), (6, 128, v6)):
+        held = sum(n.num_addresses for n in merged)
+        if held > 2 ** (bits - WIDEST_PREFIX):
+            listed = ", ".join(str(n) for n in merged[:3]) + (", ..." if len(merged) > 3 else "")
+            return f"{held / 2**bits:.0%} of IPv{version} ({listed})"
+    return None

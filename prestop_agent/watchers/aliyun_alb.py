@@ -96,7 +96,8 @@ def _require_sdk() -> None:
 
 
 def load_config(src: Source, watched: Collection[str] = ()) -> AliyunAlbConfig:
-    _require_sdk()
+    if src.local:  # a manifest's image is not this machine's
+        _require_sdk()
     sources: dict[str, str] = {}
 
     groups = src.items(ENV_SERVER_GROUP_IDS)

@@ -108,7 +108,8 @@ def _require_sdk() -> None:
 
 
 def load_config(src: Source, watched: Collection[str] = ()) -> AwsAlbConfig:
-    _require_sdk()
+    if src.local:  # a manifest's image is not this machine's
+        _require_sdk()
     sources: dict[str, str] = {}
 
     arns = src.items(ENV_TARGET_GROUP_ARNS)

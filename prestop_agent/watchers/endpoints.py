@@ -16,7 +16,9 @@ service account needs get, list and watch on ``endpointslices`` in ``discovery.k
 Settings: ``PRESTOP_KUBE_API`` (default ``https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT``),
 ``PRESTOP_KUBE_SA_DIR`` (default the standard mount), ``PRESTOP_KUBE_NAMESPACE`` or
 ``POD_NAMESPACE`` (default the service account's namespace file), and
-``PRESTOP_ENDPOINTS_SERVICES`` to list only the slices of the named Services.
+``PRESTOP_ENDPOINTS_SERVICES`` to list only the slices of the named Services. The namespace
+file, the token's presence and the cluster CA are checked when the settings are loaded, before
+anything is written.
 """
 
 from __future__ import annotations
@@ -61,34 +63,9 @@ class EndpointsConfig:
     services: tuple[str, ...] = ()
 
     def build(self, context: WatchContext) -> EndpointsWatcher:
-        namespace = self.namespace
-        namespace_file = os.path.join(self.sa_dir, "namespace")
-        if namespace is None:
-            try:
-                with open(namespace_file, encoding="utf-8") as handle:
-                    namespace = handle.read().strip()
-            except OSError as exc:
-                raise ConfigError(
-                    f"cannot read the pod's namespace from {namespace_file} ({exc.strerror}); set POD_NAMESPACE "
-                    "from the downward API (fieldRef: metadata.namespace)"
-                ) from None
-            _check_namespace(namespace_file, namespace)
-        token_file = os.path.join(self.sa_dir, "token")
-        if not os.path.isfile(token_file):
-            raise ConfigError(
-                f"no service-account token at {token_file}; keep automountServiceAccountToken enabled for the pod "
-                "or set PRESTOP_KUBE_SA_DIR"
-            )
-        verify: ssl.SSLContext | bool = True
-        if self.api_url.startswith("https://"):
-            ca_file = os.path.join(self.sa_dir, "ca.crt")
-            try:
-                verify = ssl.create_default_context(cafile=ca_file)
-            except (OSError, ssl.SSLError) as exc:
-                raise ConfigError(
-                    f"cannot load the cluster CA from {ca_file} ({exc}); mount the service account or set "
-                    "PRESTOP_KUBE_SA_DIR"
-                ) from None
+        namespace = self.namespace if self.namespace is not None else _namespace_file(self.sa_dir)
+        token_file = _token_file(self.sa_dir)
+        verify = _cluster_ca(self.sa_dir) if self.api_url.startswith("https://") else True
         client = httpx.Client(base_url=self.api_url, verify=verify, trust_env=False, follow_redirects=False)
         return EndpointsWatcher(
             client,
@@ -98,6 +75,40 @@ class EndpointsConfig:
             services=self.services,
             monotonic=context.clock.monotonic,
         )
+
+
+def _namespace_file(sa_dir: str) -> str:
+    namespace_file = os.path.join(sa_dir, "namespace")
+    try:
+        with open(namespace_file, encoding="utf-8") as handle:
+            namespace = handle.read().strip()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read the pod's namespace from {namespace_file} ({exc.strerror}); set POD_NAMESPACE "
+            "from the downward API (fieldRef: metadata.namespace)"
+        ) from None
+    _check_namespace(namespace_file, namespace)
+    return namespace
+
+
+def _token_file(sa_dir: str) -> str:
+    token_file = os.path.join(sa_dir, "token")
+    if not os.path.isfile(token_file):
+        raise ConfigError(
+            f"no service-account token at {token_file}; keep automountServiceAccountToken enabled for the pod "
+            "or set PRESTOP_KUBE_SA_DIR"
+        )
+    return token_file
+
+
+def _cluster_ca(sa_dir: str) -> ssl.SSLContext:
+    ca_file = os.path.join(sa_dir, "ca.crt")
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"cannot load the cluster CA from {ca_file} ({exc}); mount the service account or set PRESTOP_KUBE_SA_DIR"
+        ) from None
 
 
 def load_config(src: Source, watched: Collection[str] = ()) -> EndpointsConfig:
@@ -130,10 +141,18 @@ def load_config(src: Source, watched: Collection[str] = ()) -> EndpointsConfig:
                     f"PRESTOP_ENDPOINTS_SERVICES contains {service!r}, which is not a Service name; "
                     "use comma-separated names such as web,web-headless"
                 )
+    # The service-account files are read now, before anything is written: a watcher that cannot be
+    # built after the instance was disabled would leave it disabled with nothing to show for it.
+    resolved = None if namespace is None else namespace.value
+    if src.local:  # a manifest's pod has its own mount
+        resolved = resolved if resolved is not None else _namespace_file(sa_dir)
+        _token_file(sa_dir)
+        if api_url.startswith("https://"):
+            _cluster_ca(sa_dir)
     return EndpointsConfig(
         api_url=api_url,
         sa_dir=sa_dir,
-        namespace=None if namespace is None else namespace.value,
+        namespace=resolved,
         services=() if services is None else services.value,
     )
 

@@ -23,6 +23,14 @@ def write(tmp_path: Path, text: str, name: str = "app.yaml") -> Path:
     return path
 
 
+BASE_ENV = """
+    - name: POD_IP
+      valueFrom: {fieldRef: {fieldPath: status.podIP}}
+    - {name: NACOS_SERVER_ADDR, value: "nacos-headless.nacos:8848"}
+    - {name: NACOS_SERVICE_PORT, value: "8080"}
+"""
+
+
 def deployment(
     *,
     pre_stop: str,
@@ -32,9 +40,13 @@ def deployment(
     name: str = "web",
     extra_containers: str = "",
 ) -> str:
-    """A workload whose one container has the given preStop block (YAML, indented for ``lifecycle:``)."""
+    """A workload whose one container has the given preStop block (YAML, indented for ``lifecycle:``).
+
+    Its env holds what the agent needs (POD_IP, the Nacos address, the port), then ``env``.
+    """
     grace_line = f"      terminationGracePeriodSeconds: {grace}\n" if grace is not None else ""
-    env_block = f"          env:\n{textwrap.indent(textwrap.dedent(env).strip(), ' ' * 12)}\n" if env else ""
+    env = textwrap.dedent(BASE_ENV).strip() + "\n" + textwrap.dedent(env).strip()
+    env_block = f"          env:\n{textwrap.indent(env.strip(), ' ' * 12)}\n"
     return (
         f"apiVersion: apps/v1\nkind: {kind}\nmetadata:\n  name: {name}\nspec:\n"
         f"  selector:\n    matchLabels:\n      app: {name}\n"
@@ -393,6 +405,10 @@ def test_http_get_to_a_sidecar_reads_the_sidecars_env(tmp_path: Path) -> None:
                 - name: prestop
                   containerPort: 9901
               env:
+                - {name: POD_IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}
+                - {name: HOST_IP, valueFrom: {fieldRef: {fieldPath: status.hostIP}}}
+                - {name: NACOS_SERVER_ADDR, value: "nacos:8848"}
+                - {name: NACOS_SERVICE_PORT, value: "8080"}
                 - name: PRESTOP_BUDGET_SECONDS
                   value: "45"
             """

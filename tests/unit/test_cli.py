@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import respx
 from typer.testing import CliRunner
 
-from prestop_agent import __version__
+from prestop_agent import __version__, flags
 from prestop_agent.cli import EXIT_CODES, app, exit_code_for
 from prestop_agent.errors import (
     AuthError,
@@ -81,6 +82,30 @@ def test_bad_input_is_one_line_exit_2_and_nothing_sent(env: dict[str, str], mess
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
     assert message in lines[0]
+
+
+def test_unreadable_service_account_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    # The endpoints watcher needs the pod's namespace: without its file it used to be found
+    # missing only after the instance was disabled, and the run ended in a traceback.
+    (tmp_path / "token").write_text("t0ken")
+    nacos = FakeNacos()
+    nacos.add("orders", FakeInstance("10.0.0.7", 8080))
+    with respx.mock(assert_all_called=False) as router:
+        router.route(host="nacos-a").mock(side_effect=nacos)
+        result = invoke(
+            ["deregister", "--wait"],
+            PRESTOP_WAIT_FOR="registry,endpoints",
+            PRESTOP_KUBE_API="http://kubernetes.test:6443",
+            PRESTOP_KUBE_SA_DIR=str(tmp_path),
+            PRESTOP_BUDGET_SECONDS="1",
+        )
+        assert not router.calls
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert f"cannot read the pod's namespace from {tmp_path / 'namespace'}" in lines[0]
+    assert "POD_NAMESPACE" in lines[0]
+    assert nacos.writes == []
 
 
 def test_flag_overrides_environment() -> None:
@@ -178,3 +203,17 @@ def test_trust_store_is_loaded_only_when_a_server_speaks_tls() -> None:
     secure = _tls(load(Source({**ENV, "NACOS_SERVER_ADDR": "https://nacos.example:8848"})))
     assert secure.verify_mode is ssl.CERT_REQUIRED
     assert secure.cert_store_stats()["x509_ca"] == ssl.create_default_context().cert_store_stats()["x509_ca"]
+
+
+@pytest.mark.parametrize("command", ["deregister", "register", "status", "serve"])
+def test_help_shows_the_variable_behind_each_flag(command: str) -> None:
+    # Help text once was rendered as rich markup: "[env POD_IP]" was taken for a tag and vanished.
+    result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200", "TERMINAL_WIDTH": "200"})
+    assert result.exit_code == 0
+    text = " ".join(result.stdout.split())  # the help is wrapped to the terminal's width
+    declared = [flag for flag in vars(flags).values() if isinstance(flag, flags.Flag)]
+    shown = [flag for flag in declared if f"--{flag.name} " in result.stdout]
+    assert len(shown) >= 3
+    for flag in shown:
+        assert flag.help in text, f"--{flag.name}: {flag.help!r} not shown"
+        assert "env " in flag.help

@@ -79,6 +79,12 @@ def test_source_allowed(source: str, allowed: bool) -> None:
         ({"HOST_IP": ""}, "HOST_IP is not set"),
         ({"PRESTOP_SERVE_ALLOW_FROM": "any"}, "set PRESTOP_SERVE_TOKEN too"),
         ({"PRESTOP_SERVE_ALLOW_FROM": "10.0.0.0/33"}, "not an IP address or CIDR"),
+        # Every address, written as networks, is "any" too.
+        ({"PRESTOP_SERVE_ALLOW_FROM": "0.0.0.0/0,::/0"}, r"100% of IPv4 \(0\.0\.0\.0/0\).*PRESTOP_SERVE_TOKEN"),
+        ({"PRESTOP_SERVE_ALLOW_FROM": "0.0.0.0/1, 128.0.0.0/1"}, r"100% of IPv4 \(0\.0\.0\.0/0\)"),
+        ({"PRESTOP_SERVE_ALLOW_FROM": "::/1,8000::/1"}, r"100% of IPv6 \(::/0\)"),
+        ({"PRESTOP_SERVE_ALLOW_FROM": "2000::/3"}, r"12% of IPv6"),
+        ({"PRESTOP_SERVE_ALLOW_FROM": "10.0.0.0/8,11.0.0.0/8,12.0.0.0/8"}, r"as good as 'any'"),
         ({"PRESTOP_SERVE_TOKEN": "short"}, "too short"),
         ({"PRESTOP_SERVE_PRESTOP_PATH": "/status"}, "must be a path"),
         ({"PRESTOP_SERVE_BIND": "pod"}, "not an IP address"),
@@ -103,3 +109,23 @@ def test_allow_any_with_a_token_admits_other_sources() -> None:
     )
     assert config.allow_any is True
     assert source_allowed("10.9.9.9", host_ip=None, allow_any=True, allow_from=()) is True
+
+
+@pytest.mark.parametrize(
+    "allowed",
+    [
+        "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10,fc00::/7",  # every private range
+        "10.0.0.0/8,11.0.0.0/8",  # a /7
+        "10.244.1.1,fd00:10:244::/48",
+    ],
+)
+def test_private_networks_need_no_token(allowed: str) -> None:
+    config = load_config(Source({**ENV, "PRESTOP_SERVE_ALLOW_FROM": allowed}), settings_for())
+    assert config.allow_any is False
+    assert len(config.allow_from) == len(allowed.split(","))
+
+
+def test_every_address_with_a_token_is_accepted() -> None:
+    env = {**ENV, "PRESTOP_SERVE_ALLOW_FROM": "0.0.0.0/0,::/0", "PRESTOP_SERVE_TOKEN": TOKEN}
+    config = load_config(Source(env), settings_for())
+    assert [str(n) for n in config.allow_from] == ["0.0.0.0/0", "::/0"]

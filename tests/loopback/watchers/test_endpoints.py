@@ -479,25 +479,48 @@ def test_pages_share_one_poll_timeout() -> None:
 # ------------------------------------------------------------------------------ config
 
 
-def test_config_from_the_pod_environment() -> None:
-    config = load_config(Source({"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}))
-    assert config == EndpointsConfig(api_url="https://10.96.0.1:443")
-    assert config.sa_dir == "/var/run/secrets/kubernetes.io/serviceaccount"
-    assert config.namespace is None
+@pytest.fixture
+def with_ca(tmp_path: Path, sa_dir: Path) -> Path:
+    """The service-account folder with a cluster CA certificate in it."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    cert, _ = make_cert(tmp_path, "cluster-ca")
+    shutil.copy(cert, sa_dir / "ca.crt")
+    return sa_dir
 
 
-def test_config_ipv6_api_host_and_default_port() -> None:
-    config = load_config(Source({"KUBERNETES_SERVICE_HOST": "fd00:10:96::1"}))
+def test_config_from_the_pod_environment(with_ca: Path) -> None:
+    sa_dir = with_ca
+    config = load_config(
+        Source(
+            {
+                "KUBERNETES_SERVICE_HOST": "10.96.0.1",
+                "KUBERNETES_SERVICE_PORT": "443",
+                "PRESTOP_KUBE_SA_DIR": str(sa_dir),
+            }
+        )
+    )
+    assert config == EndpointsConfig(api_url="https://10.96.0.1:443", sa_dir=str(sa_dir), namespace=NS)
+
+
+def test_config_defaults_to_the_standard_service_account_mount() -> None:
+    with pytest.raises(ConfigError, match=r"/var/run/secrets/kubernetes\.io/serviceaccount/namespace"):
+        load_config(Source({"KUBERNETES_SERVICE_HOST": "10.96.0.1"}))
+
+
+def test_config_ipv6_api_host_and_default_port(with_ca: Path) -> None:
+    sa_dir = with_ca
+    config = load_config(Source({"KUBERNETES_SERVICE_HOST": "fd00:10:96::1", "PRESTOP_KUBE_SA_DIR": str(sa_dir)}))
     assert config.api_url == "https://[fd00:10:96::1]:443"
 
 
-def test_config_overrides() -> None:
+def test_config_overrides(sa_dir: Path) -> None:
     config = load_config(
         Source(
             {
                 "KUBERNETES_SERVICE_HOST": "10.96.0.1",
                 "PRESTOP_KUBE_API": "http://127.0.0.1:8001/",
-                "PRESTOP_KUBE_SA_DIR": "/tmp/sa",
+                "PRESTOP_KUBE_SA_DIR": str(sa_dir),
                 "POD_NAMESPACE": "shop",
                 "PRESTOP_KUBE_NAMESPACE": "shop-canary",
                 "PRESTOP_ENDPOINTS_SERVICES": "web, web-internal",
@@ -505,9 +528,36 @@ def test_config_overrides() -> None:
         )
     )
     assert config == EndpointsConfig(
-        api_url="http://127.0.0.1:8001", sa_dir="/tmp/sa", namespace="shop-canary", services=("web", "web-internal")
+        api_url="http://127.0.0.1:8001", sa_dir=str(sa_dir), namespace="shop-canary", services=("web", "web-internal")
     )
-    assert load_config(Source({"KUBERNETES_SERVICE_HOST": "h", "POD_NAMESPACE": "shop"})).namespace == "shop"
+    (sa_dir / "namespace").unlink()
+    given = Source({"PRESTOP_KUBE_API": "http://h:8001", "PRESTOP_KUBE_SA_DIR": str(sa_dir), "POD_NAMESPACE": "shop"})
+    assert load_config(given).namespace == "shop"
+
+
+def test_service_account_files_are_checked_when_the_settings_are_loaded(tmp_path: Path, with_ca: Path) -> None:
+    # Before anything is written: a watcher that cannot be built after the write would leave the
+    # instance disabled and the run crashed.
+    sa_dir = with_ca
+    env = {"PRESTOP_KUBE_API": "https://10.96.0.1:443", "PRESTOP_KUBE_SA_DIR": str(sa_dir)}
+    shutil.copy(sa_dir / "ca.crt", tmp_path / "saved.crt")
+    (sa_dir / "ca.crt").unlink()
+    with pytest.raises(ConfigError, match=r"cluster CA from .*ca\.crt"):
+        load_config(Source(env))
+    (sa_dir / "ca.crt").write_text("not a certificate")
+    with pytest.raises(ConfigError, match=r"ca\.crt"):
+        load_config(Source(env))
+    shutil.copy(tmp_path / "saved.crt", sa_dir / "ca.crt")
+    assert load_config(Source(env)).namespace == NS
+    (sa_dir / "namespace").write_text("Not_A_Namespace")
+    with pytest.raises(ConfigError, match="is not a namespace name"):
+        load_config(Source(env))
+    (sa_dir / "namespace").unlink()
+    with pytest.raises(ConfigError, match=r"namespace from .*POD_NAMESPACE"):
+        load_config(Source(env))
+    (sa_dir / "token").unlink()
+    with pytest.raises(ConfigError, match="automountServiceAccountToken"):
+        load_config(Source({**env, "POD_NAMESPACE": NS}))
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,222 @@
+"""One real Kubernetes cluster for the whole session (``python -m localkube serve``), and its images.
+
+The cluster runs as a child process exactly as a developer runs it: the fixture waits for
+``# ready``, and at the end sends SIGTERM and checks that no process, mount, link, network
+namespace or iptables rule of the cluster is left on the host. Outside CI a machine that cannot
+run it (not root, missing tools) skips these tests with the reason; under ``CI=true`` that is a
+failure, as is any build or start-up error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import pytest
+
+from localkube import HarnessError, Kube, Layout, build_image, hostnet, import_image
+from localkube.layout import REPO
+
+#: Everything the cluster and its images need from the machine (Debian packages, Go, the JDK).
+REQUIRED_TOOLS = {
+    "go": "Go 1.21+",
+    "containerd": "apt-get install containerd",
+    "ctr": "apt-get install containerd",
+    "runc": "apt-get install runc",
+    "buildah": "apt-get install buildah",
+    "debootstrap": "apt-get install debootstrap",
+    "iptables": "apt-get install iptables",
+    "conntrack": "apt-get install conntrack",
+    "java": "a JDK 17",
+    "mvn": "apt-get install maven",
+}
+#: Images every e2e session needs; issue-specific tests add theirs through ``LocalCluster.image``.
+SESSION_IMAGES = ("nacos2", "provider")
+READY_TIMEOUT_S = 3600.0  # a cold machine builds every binary first
+STOP_TIMEOUT_S = 300.0
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "e2e: runs in a real Kubernetes cluster started on this machine")
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() == "true"
+
+
+def unavailable(reason: str) -> None:
+    """Fail in CI, skip elsewhere."""
+    if in_ci():
+        pytest.fail(f"CI=true and the real-cluster tests cannot run: {reason}")
+    pytest.skip(reason)
+
+
+def missing_requirements() -> str | None:
+    if os.geteuid() != 0:
+        return "the local cluster needs root (kubelet, containerd, bridge and iptables)"
+    if not Path("/usr/lib/cni/bridge").exists():
+        return "the CNI plugins are missing (apt-get install containernetworking-plugins)"
+    missing = [f"{tool} ({how})" for tool, how in REQUIRED_TOOLS.items() if shutil.which(tool) is None]
+    if missing:
+        return "missing: " + ", ".join(missing) + "; bash scripts/setup installs them as root"
+    return None
+
+
+class LocalCluster:
+    """The session's cluster: kubectl on it, and images built and imported once each."""
+
+    def __init__(self, layout: Layout, kube: Kube, log: Path) -> None:
+        self.layout = layout
+        self.kube = kube
+        self.log = log
+        self._imported: dict[str, str] = {}
+
+    def image(self, name: str) -> str:
+        """The reference of a localkube image (``provider``, ``nacos2``, ...), built if needed and imported."""
+        if name not in self._imported:
+            image = build_image(name, self.layout, say=lambda message: print(f"localkube: {message}", file=sys.stderr))
+            import_image(self.layout, image.tar)
+            self._imported[name] = image.ref
+        return self._imported[name]
+
+    def rollout(self, kind_name: str, *, namespace: str, timeout: float = 600.0) -> None:
+        """Wait for a rollout; on failure, say why with the pods, events and container logs."""
+        try:
+            self.kube.rollout_status(kind_name, namespace=namespace, timeout=timeout)
+        except HarnessError as exc:
+            pytest.fail(f"{exc}\n{self.diagnose(namespace)}")
+
+    def diagnose(self, namespace: str) -> str:
+        """Pods, recent events and the tail of every container's log (and its previous run's)."""
+        kube = self.kube
+        parts = [kube.run("get", "pods", "-n", namespace, "-o", "wide", check=False).stdout]
+        parts.append(kube.run("get", "events", "-n", namespace, "--sort-by=.lastTimestamp", check=False).stdout[-4000:])
+        for pod in kube.get("pods", namespace=namespace)["items"]:
+            for container in pod["spec"]["containers"]:
+                for previous in ("false", "true"):
+                    result = kube.run(
+                        "logs",
+                        pod["metadata"]["name"],
+                        "-n",
+                        namespace,
+                        "-c",
+                        container["name"],
+                        f"--previous={previous}",
+                        "--tail=40",
+                        check=False,
+                    )
+                    label = f"--- {pod['metadata']['name']}/{container['name']} (previous={previous})"
+                    parts.append(f"{label}\n{result.stdout or result.stderr}")
+        return "\n".join(parts)
+
+
+def _pump(stream: IO[str], into: IO[str], seen: list[str], changed: threading.Condition) -> None:
+    for line in stream:
+        into.write(line)
+        into.flush()
+        with changed:
+            seen.append(line.rstrip("\n"))
+            changed.notify_all()
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[LocalCluster]:
+    reason = missing_requirements()
+    if reason:
+        unavailable(reason)
+    layout = Layout.default()
+    try:
+        for name in SESSION_IMAGES:
+            build_image(name, layout, say=lambda message: print(f"localkube: {message}", file=sys.stderr))
+    except HarnessError as exc:
+        unavailable(f"building the images failed: {exc}")
+
+    # Beside the cache, not in pytest's temporary directories, which later runs on the machine prune.
+    log = layout.home / "last-serve.log"
+    process = subprocess.Popen(
+        # Never written to: if this process dies, the pipe closes and the cluster stops by itself.
+        [sys.executable, "-m", "localkube", "serve", "--stop-on-stdin-eof"],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    assert process.stdout is not None
+    lines: list[str] = []
+    changed = threading.Condition()
+    with log.open("w") as out:
+        reader = threading.Thread(target=_pump, args=(process.stdout, out, lines, changed), daemon=True)
+        reader.start()
+        try:
+            exports = _wait_ready(process, lines, changed, log)
+            kube = Kube(Path(exports["LOCALKUBE_BIN"]) / "kubectl", Path(exports["KUBECONFIG"]))
+            local = LocalCluster(layout, kube, log)
+            for name in SESSION_IMAGES:
+                local.image(name)
+            yield local
+        finally:
+            _stop(process, log)
+            reader.join(timeout=10)
+            process.stdout.close()
+            if process.stdin is not None:
+                process.stdin.close()
+    left = hostnet.leftovers(layout)
+    assert not left, "the cluster left this on the host:\n" + "\n".join(left)
+    assert process.returncode == 0, f"localkube serve exited {process.returncode}; see {log}"
+
+
+def _wait_ready(
+    process: subprocess.Popen[str], lines: list[str], changed: threading.Condition, log: Path
+) -> dict[str, str]:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    with changed:
+        while "# ready" not in lines:
+            if process.poll() is not None and "# ready" not in lines:
+                time.sleep(0.5)  # let the reader drain what the process printed last
+                tail = "\n".join(log.read_text().splitlines()[-40:])
+                unavailable(f"localkube serve exited {process.returncode} before it was ready:\n{tail}")
+            if time.monotonic() > deadline:
+                unavailable(f"localkube serve was not ready within {READY_TIMEOUT_S:.0f} s; see {log}")
+            changed.wait(timeout=1.0)
+        exports = {}
+        for line in lines:
+            if line.startswith("export "):
+                name, _, value = line.removeprefix("export ").partition("=")
+                exports[name] = value.strip("'")
+    return exports
+
+
+def _stop(process: subprocess.Popen[str], log: Path) -> None:
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+            pytest.fail(f"localkube serve did not stop within {STOP_TIMEOUT_S:.0f} s of SIGTERM; see {log}")
+
+
+@pytest.fixture(scope="session")
+def nacos_ip(cluster: LocalCluster) -> str:
+    """A real Nacos 2.0.4 pod behind the headless Service ``nacos-headless.nacos``; its pod IP."""
+    from . import workloads
+
+    kube = cluster.kube
+    kube.apply(workloads.nacos(cluster.image("nacos2")))
+    cluster.rollout("deployment/nacos", namespace=workloads.NACOS_NAMESPACE)
+    ip: str = kube.pods(workloads.NACOS_NAMESPACE, "app=nacos")[0]["status"]["podIP"]
+    return ip

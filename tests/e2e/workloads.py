@@ -1,0 +1,118 @@
+"""Manifests the end-to-end tests apply: a real Nacos behind a headless Service, and the Spring
+provider as a Deployment whose pod spec carries the README's preStop snippet unchanged."""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import Any
+
+import httpx
+import yaml
+
+from localkube.layout import REPO
+
+NACOS_NAMESPACE = "nacos"
+NACOS_SERVICE = "nacos-headless"
+PROVIDER_SERVICE = "demo-provider"
+
+
+def readme_prestop_snippet() -> dict[str, Any]:
+    """The pod spec fragment under README.md's "The preStop hook", parsed."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("## The preStop hook", 1)[1]
+    match = re.search(r"```yaml\n(.*?)```", section, re.S)
+    assert match, "README.md's preStop section has no yaml block"
+    snippet: dict[str, Any] = yaml.safe_load(match.group(1))["spec"]
+    return snippet
+
+
+def nacos(image: str) -> str:
+    labels = {"app": "nacos"}
+    ports = [{"name": "http", "port": 8848}, {"name": "grpc", "port": 9848}, {"name": "grpc-cluster", "port": 9849}]
+    objects: list[dict[str, Any]] = [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NACOS_NAMESPACE}},
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": NACOS_SERVICE, "namespace": NACOS_NAMESPACE},
+            "spec": {"clusterIP": "None", "selector": dict(labels), "ports": ports},
+        },
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "nacos", "namespace": NACOS_NAMESPACE},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": dict(labels)},
+                "template": {
+                    "metadata": {"labels": dict(labels)},
+                    "spec": {
+                        "terminationGracePeriodSeconds": 5,
+                        "containers": [
+                            {
+                                "name": "nacos",
+                                "image": image,
+                                "imagePullPolicy": "Never",
+                                "env": [
+                                    {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                                    {"name": "JDK_JAVA_OPTIONS", "value": "-Dnacos.inetutils.ip-address=$(POD_IP)"},
+                                ],
+                                "ports": [{"containerPort": p["port"], "name": p["name"]} for p in ports],
+                                "readinessProbe": {
+                                    "httpGet": {"path": "/nacos/v1/ns/operator/metrics", "port": 8848},
+                                    "periodSeconds": 2,
+                                    "failureThreshold": 1,
+                                },
+                            }
+                        ],
+                    },
+                },
+            },
+        },
+    ]
+    return yaml.safe_dump_all(objects, sort_keys=False)
+
+
+def provider(image: str, namespace: str, *, replicas: int = 1) -> str:
+    """The provider Deployment: the README's snippet, plus only what the app itself needs."""
+    snippet = readme_prestop_snippet()
+    container = copy.deepcopy(snippet["containers"][0])
+    container.update(
+        {
+            "image": image,
+            "imagePullPolicy": "Never",
+            "ports": [{"containerPort": 8080, "name": "http"}],
+            "readinessProbe": {"httpGet": {"path": "/hello", "port": 8080}, "periodSeconds": 2},
+        }
+    )
+    # The app's own setting; it reads the snippet's NACOS_SERVER_ADDR so both name one server.
+    container["env"].append({"name": "SPRING_CLOUD_NACOS_DISCOVERY_SERVER_ADDR", "value": "$(NACOS_SERVER_ADDR)"})
+    labels = {"app": PROVIDER_SERVICE}
+    pod_spec = {key: value for key, value in snippet.items() if key != "containers"}
+    pod_spec["containers"] = [container]
+    objects = [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": PROVIDER_SERVICE, "namespace": namespace},
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": dict(labels)},
+                "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
+            },
+        },
+    ]
+    return yaml.safe_dump_all(objects, sort_keys=False)
+
+
+def served(nacos_ip: str, service: str) -> set[tuple[str, int]]:
+    """ip:port pairs the Nacos pod serves to consumers for a service (enabled and healthy only)."""
+    response = httpx.get(
+        f"http://{nacos_ip}:8848/nacos/v1/ns/instance/list",
+        params={"serviceName": service, "healthyOnly": "true"},
+        timeout=5,
+    )
+    response.raise_for_status()
+    return {(h["ip"], int(h["port"])) for h in response.json().get("hosts", []) if h.get("enabled", True)}
