@@ -325,7 +325,9 @@ def test_steady_fast_caller_that_stops_is_gone_after_the_floor(server: LoopbackS
     assert last.verdict is Verdict.GONE
     assert last.details["judged_by_rate"] is True
     heard = only_caller(last)
-    assert heard["quiet_time_s"] == 2.0  # its gaps were short: the floor, not the 6 s ceiling
+    gap = float(str(heard["longest_gap_s"]))
+    assert gap < 1.0  # one poll's grain, however loaded the machine
+    assert heard["quiet_time_s"] == round(max(2.0, 4 * gap), 3)  # the floor, or four gaps: not the 6 s ceiling
     assert int(str(heard["arrivals"])) >= 3
 
 
@@ -376,7 +378,7 @@ def test_caller_that_pauses_longer_than_its_gap_and_resumes_is_not_declared_gone
             yield 0.05
         yield None
 
-    watcher = rate_watcher(server.port)
+    watcher = rate_watcher(server.port, floor=3.0, ceiling=8.0)  # room for a loaded machine's own pauses
     try:
         caller = Caller(server.port, pausing())
         seen = watch(watcher, caller, after=0.0)
@@ -409,18 +411,18 @@ def test_idle_keepalive_connection_falls_back_to_the_full_quiet_time(server: Loo
 def test_callers_that_close_first_are_counted(server: LoopbackServer) -> None:
     # Five requests a second, each on its own connection, the client closing first: the pod's side never
     # reaches TIME_WAIT and lives about a millisecond, so the socket table alone almost never shows it.
-    watcher = rate_watcher(server.port, floor=1.0, ceiling=1.0)
+    watcher = rate_watcher(server.port, floor=2.0, ceiling=2.0)
     try:
-        caller = Caller(server.port, steady(5, 4.0), fresh=True)
+        caller = Caller(server.port, steady(5, 5.0), fresh=True)
         seen = watch(watcher, caller, after=5.0)
     finally:
         watcher.close()
-    assert caller.sent == 20
+    assert caller.sent == 25
     calling = [o for c, o in seen if c]
     assert len(calling) >= 8
     assert {o.verdict for o in calling} == {Verdict.PRESENT}
     closed = sum(int(str(o.details["closed_connections"])) for _, o in seen)
-    assert closed >= 15  # counted however short-lived (a few may be caught open by a poll instead)
+    assert closed >= 18  # counted however short-lived (a few may be caught open by a poll instead)
     assert seen[-1][1].verdict is Verdict.GONE
 
 
