@@ -112,6 +112,11 @@ class TrafficWatcher:
     def close(self) -> None:
         """Nothing to release: each poll opens and closes its own netlink socket."""
 
+    def restart(self, at: float) -> None:
+        """Quiet counts again from ``at``: a registration came back, so callers may have found the pod again."""
+        if self._started is not None:
+            self._started = max(self._started, at)
+
     def _read(self, timeout: float) -> list[Conn]:
         while True:
             table = self._tables[0]
