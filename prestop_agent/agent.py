@@ -117,10 +117,10 @@ def _deregister(
         registrations = found.registrations
         last = last_instances(registrations, found.listings)
         keep = settings.last_instance.value == "keep"
-        for registration in last:
+        if last:
             log.warning(
                 "last_instance",
-                registration=str(registration),
+                registrations=[str(r) for r in last],
                 action="kept until another instance is served" if keep else "drained",
                 consumers=None if keep else CONSUMERS_OF_AN_EMPTY_SERVICE,
             )
@@ -248,7 +248,7 @@ def _last_instance_outcome(report: Report, results: dict[str, WatchResult]) -> N
         consumers = "stopped calling this pod: they found no provider (or another one)"
     else:
         consumers = "kept calling this pod: they hold a stale list (empty-push protection) until it stops"
-    log.warning("last_instance_outcome", services=last, consumers=consumers)
+    log.warning("last_instance_outcome", registrations=last, consumers=consumers)
 
 
 # -- register --------------------------------------------------------------------------------------

@@ -79,6 +79,7 @@ class Found:
     server: str
     complete: bool
     notes: tuple[str, ...] = ()
+    sources: dict[str, int] = field(default_factory=dict)  # candidates each source added first
 
 
 @dataclass
@@ -114,6 +115,7 @@ def discover(registry: Registry, scope: Scope, deadline: Deadline) -> Found:
         registrations=[str(r) for r in found.registrations],
         scope=scope.kind,
         complete=found.complete,
+        sources=found.sources,
     )
     for note in found.notes:
         log.warning("registrations_search_incomplete", server=str(server), reason=note)
@@ -146,6 +148,7 @@ def _discover_on(registry: Registry, server: NacosServer, scope: Scope, deadline
         str(server),
         search.complete,
         tuple(search.notes),
+        dict(search.sources),
     )
 
 
