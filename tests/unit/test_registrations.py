@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 
 import httpx
 import pytest
@@ -235,3 +236,52 @@ def test_deregister_disables_what_the_scope_selects(scope: str, disabled: set[in
     for write in nacos.writes:
         assert '"prestop-agent.disabled":"true"' in write["metadata"]
     assert ours["dubbo"].metadata == {"dubbo": "2.0.2", "prestop-agent.disabled": "true"} or scope == "service"
+
+
+def test_status_lists_every_registration_and_the_last_instance(http: httpx.Client) -> None:
+    from prestop_agent.cli import _status_text
+    from prestop_agent.status import run_status
+
+    nacos = FakeNacos(major=3)
+    a_pod_with_several_registrations(nacos)
+    nacos.services["DEFAULT_GROUP@@orders-admin"][0].enabled = False
+    nacos.services["DEFAULT_GROUP@@orders-admin"][0].metadata = {"prestop-agent.disabled": "true"}
+    with served_by(nacos):
+        report = run_status(make(NACOS_SERVICE_NAME="orders"), Deps(FakeClock(), http))
+    assert report.error is None
+    registrations = report.data["registrations"]
+    assert isinstance(registrations, list)
+    listed = {r["endpoint"]: r for r in registrations}
+    assert set(listed) == {"10.0.0.7:8080", "10.0.0.7:8081", "10.0.0.7:8082", "10.0.0.7:20880"}
+    assert listed["10.0.0.7:8080"]["served_by"] == ["http://nacos:8848/nacos"]
+    assert listed["10.0.0.7:8081"]["served_by"] == []
+    assert listed["10.0.0.7:8081"]["marked"] is True
+    assert report.data["last_instance"] == [
+        "DUBBO@@providers:com.x.OrderApi:: 10.0.0.7:20880",
+        "DEFAULT_GROUP@@orders-dns 10.0.0.7:8082",
+    ]
+    plan = str(report.data["deregister_would"])
+    assert plan.startswith("disable 10.0.0.7:8080 in public/DEFAULT_GROUP@@orders (weight 1 kept), ")
+    assert "8081" not in plan, "already disabled"
+    text = _status_text(report)
+    assert "DEFAULT_GROUP@@orders-admin 10.0.0.7:8081: cluster=DEFAULT enabled=False" in text
+    assert "(disabled by a drain)" in text
+    assert "last instance: DUBBO@@providers:com.x.OrderApi:: 10.0.0.7:20880, DEFAULT_GROUP@@orders-dns" in text
+    assert nacos.writes == [], "status changes nothing"
+
+
+def test_a_wait_without_the_registry_watcher_says_nothing_holds_the_drain(http: httpx.Client) -> None:
+    from tests.unit.test_hold import Recording
+
+    class RecordingConfig:
+        def build(self, context: object) -> Recording:
+            return Recording()
+
+    nacos = FakeNacos()
+    nacos.add("orders", FakeInstance("10.0.0.7", 8080))
+    settings = make(PRESTOP_WAIT_FOR="traffic")
+    settings = replace(settings, watcher_configs={"traffic": RecordingConfig()})
+    with served_by(nacos), capture_logs() as logs:
+        report = run_deregister(settings, Deps(FakeClock(), http), wait=True, dry_run=False)
+    assert (report.error, report.outcome) == (None, "drained")
+    assert any(e["event"] == "drain_not_held" for e in logs)
