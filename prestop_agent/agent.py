@@ -161,14 +161,30 @@ def _disable_and_confirm(run: _Run, registrations: list[Registration], report: R
     if settings.dubbo_qos.value and any(is_dubbo(r.instance) for r in to_write):
         to_write = _dubbo_offline(run, to_write)
     disabled: list[str] = []
+    failed: list[str] = []
     report.data["disabled"] = disabled
-    for registration in to_write:
+    for index, registration in enumerate(to_write):
         report.data["write"] = "sent"
-        server = registry.write(registration, False, deadline)
-        disabled.append(str(registration))
         key, endpoint = str(registration.key), registration.instance.endpoint
+        # A server that keeps failing must not spend the whole budget on the first write: each write
+        # may use its share of what is left (the last one all of it).
+        now = deadline.clock.monotonic()
+        share = Deadline(
+            deadline.clock, deadline.started, min(deadline.end, now + deadline.remaining() / (len(to_write) - index))
+        )
+        try:
+            server = registry.write(registration, False, share)
+        except AuthError:
+            raise
+        except RegistryError as exc:  # the others still go out: one lost write must not keep them all in
+            failed.append(f"{registration}: {exc}")
+            log.error("instance_disable_failed", service=key, endpoint=endpoint, error=str(exc))
+            continue
+        disabled.append(str(registration))
         log.info("instance_disabled", server=server, service=key, endpoint=endpoint)
     report.data["write"] = "accepted" if disabled else "none: already disabled"
+    if failed:
+        raise RegistryError(f"{len(failed)} of {len(to_write)} disables failed: " + "; ".join(failed))
     if not registrations:
         return  # every registration is kept as the last instance of its service: nothing to prove yet
     # Proof, not the word "ok": no server may still serve any of them (consumer caches are the wait's business).

@@ -412,3 +412,21 @@ def test_the_settings_show_the_drain_options() -> None:
     assert shown["dubbo_qos"] == {"value": True, "source": "env PRESTOP_DUBBO_QOS"}
     assert shown["dubbo_qos_port"] == {"value": 22222, "source": "default"}
     assert json.dumps(shown)
+
+
+def test_one_failed_disable_does_not_keep_the_others_in(deps: Deps, clock: FakeClock) -> None:
+    nacos = FakeNacos()
+    first = nacos.add("orders", FakeInstance("10.0.0.7", 8080))
+    second = nacos.add("orders-admin", FakeInstance("10.0.0.7", 8081))
+    router = respx.mock(assert_all_called=False)
+    router.put(host="nacos", path="/nacos/v1/ns/instance", data__contains={"serviceName": "orders"}).respond(
+        500, text="caused: raft leader not ready"
+    )
+    router.route(host="nacos").mock(side_effect=nacos)
+    with router, capture_logs() as logs:
+        report = run_deregister(make(), deps, wait=True, dry_run=False)
+    assert report.outcome == "failed"
+    assert "1 of 2 disables failed: DEFAULT_GROUP@@orders 10.0.0.7:8080" in str(report.error)
+    assert (first.enabled, second.enabled) == (True, False)
+    assert any(e["event"] == "instance_disable_failed" for e in logs)
+    assert clock.now - 1000.0 == pytest.approx(60.0), "then it waits out the budget, as a sleep would"
