@@ -106,6 +106,12 @@ def find_registrations(settings: Settings, registry: Registry, deadline: Deadlin
     scope = scope_of(settings)
     if scope.host_network and scope.kind == "pod":
         log.info("host_network_pod", pod_ip=scope.pod_ip, ports=sorted(scope.ports))
+    elif scope.kind == "pod" and settings.host_ip is None:
+        log.warning(
+            "host_ip_unknown",
+            reason="a hostNetwork pod shares its IP with the node and cannot be told apart without HOST_IP",
+            fix="set HOST_IP from the downward API (fieldRef: status.hostIP), or PRESTOP_DRAIN_SCOPE=port",
+        )
     if scope.kind == "service":
         found = _in_the_service(settings, registry, deadline)
     else:

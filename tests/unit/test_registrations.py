@@ -285,3 +285,14 @@ def test_a_wait_without_the_registry_watcher_says_nothing_holds_the_drain(http: 
         report = run_deregister(settings, Deps(FakeClock(), http), wait=True, dry_run=False)
     assert (report.error, report.outcome) == (None, "drained")
     assert any(e["event"] == "drain_not_held" for e in logs)
+
+
+def test_without_host_ip_the_pod_scope_says_it_cannot_tell_a_host_network_pod(http: httpx.Client) -> None:
+    nacos = FakeNacos()
+    nacos.add("orders", FakeInstance("10.0.0.7", 8080))
+    with served_by(nacos), capture_logs() as logs:
+        run_deregister(make(), Deps(FakeClock(), http), wait=False, dry_run=True)
+        run_deregister(make(HOST_IP="192.168.0.1"), Deps(FakeClock(), http), wait=False, dry_run=True)
+    warnings = [e for e in logs if e["event"] == "host_ip_unknown"]
+    assert len(warnings) == 1
+    assert "HOST_IP" in warnings[0]["fix"]
