@@ -36,6 +36,7 @@ from prestop_agent.flags import (
     CONSUMER_CACHE,
     INSTANCE,
     LISTEN_PORT,
+    SCOPE,
     TIMEOUT,
     WAIT_FOR,
     Flags,
@@ -246,6 +247,15 @@ def _view_text(view: dict[str, object]) -> str:
     return f"{head} {fields} served={view.get('served')}"
 
 
+def _registration_text(registration: dict[str, object]) -> str:
+    head = f"{registration.get('group')}@@{registration.get('service')} {registration.get('endpoint')}:"
+    fields = " ".join(
+        f"{k}={registration[k]}" for k in ("cluster", "enabled", "healthy", "weight", "ephemeral") if k in registration
+    )
+    marked = " (disabled by a drain)" if registration.get("marked") else ""
+    return f"{head} {fields} served_by={registration.get('served_by')}{marked}"
+
+
 def _status_text(report: Report) -> str:
     data = report.data
     lines = ["settings:"]
@@ -257,6 +267,18 @@ def _status_text(report: Report) -> str:
     views = data.get("servers")
     for view in views if isinstance(views, list) else []:
         lines.append(f"  {_view_text(view)}")
+    lines.append("registrations:")
+    registrations = data.get("registrations")
+    for registration in registrations if isinstance(registrations, list) else []:
+        lines.append(f"  {_registration_text(registration)}")
+    if data.get("registrations_error"):
+        lines.append(f"  error: {data['registrations_error']}")
+    last = data.get("last_instance")
+    if isinstance(last, list) and last:
+        lines.append(
+            "last instance: " + ", ".join(str(item) for item in last) + " (draining leaves the service no "
+            "enabled, healthy instance; PRESTOP_LAST_INSTANCE=keep keeps it until another is served)"
+        )
     lines.append(f"deregister would: {data.get('deregister_would')}")
     lines.append("watchers:")
     watchers = data.get("watchers")
@@ -270,7 +292,7 @@ def _status_text(report: Report) -> str:
 
 
 @app.command()
-@with_flags(*INSTANCE, BUDGET, WAIT_FOR, CONSUMER_CACHE)
+@with_flags(*INSTANCE, SCOPE, BUDGET, WAIT_FOR, CONSUMER_CACHE)
 def deregister(
     flags: Flags,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait for evidence that traffic has left.")] = True,
@@ -288,7 +310,7 @@ def deregister(
 
 
 @app.command()
-@with_flags(*INSTANCE, TIMEOUT)
+@with_flags(*INSTANCE, SCOPE, TIMEOUT)
 def register(
     flags: Flags,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="First wait until the app has registered.")] = False,
@@ -305,7 +327,7 @@ def register(
 
 
 @app.command()
-@with_flags(*INSTANCE, WAIT_FOR)
+@with_flags(*INSTANCE, SCOPE, WAIT_FOR)
 def status(flags: Flags, json_out: JsonOut = False) -> None:
     """Show the resolved identity, each server's view of the instance, and what deregister would do."""
     _execute(
@@ -318,7 +340,7 @@ def status(flags: Flags, json_out: JsonOut = False) -> None:
 
 
 @app.command()
-@with_flags(*INSTANCE, BUDGET, WAIT_FOR, CONSUMER_CACHE, LISTEN_PORT, BIND)
+@with_flags(*INSTANCE, SCOPE, BUDGET, WAIT_FOR, CONSUMER_CACHE, LISTEN_PORT, BIND)
 def serve(flags: Flags) -> None:
     """Sidecar mode: serve /prestop (deregister --wait), /status and /register for a preStop httpGet hook."""
     # Only this command needs the HTTP server.

@@ -29,6 +29,9 @@ class Scripted:
             raise step
         return Observation(step, step.value)
 
+    def restart(self, at: float) -> None:
+        """Nothing judged over time."""
+
     def close(self) -> None:
         """Nothing to release."""
 
@@ -100,6 +103,9 @@ def test_next_poll_hint_shortens_the_interval() -> None:
                 return Observation(P, "consumer_cache", {"next_poll_s": 0.2})
             return Observation(G, "unserved")
 
+        def restart(self, at: float) -> None:
+            """Nothing judged over time."""
+
         def close(self) -> None:
             """Nothing to release."""
 
@@ -118,6 +124,9 @@ def test_poll_timeout_is_capped_by_the_deadline() -> None:
         def poll(self, now: float, timeout: float) -> Observation:
             seen.append(timeout)
             return Observation(P, "x")
+
+        def restart(self, at: float) -> None:
+            """Nothing judged over time."""
 
         def close(self) -> None:
             """Nothing to release."""

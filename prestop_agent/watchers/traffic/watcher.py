@@ -156,7 +156,7 @@ class TrafficWatcher:
         return self._tables[0].source
 
     def restart(self, at: float) -> None:
-        """Evidence starts over at ``at`` (the instance was re-enabled, then disabled again): quiet is timed from it."""
+        """Evidence starts over at ``at``: a registration came back, so callers may have found the pod again."""
         if self._callers is not None:
             self._callers.restart(at)
 
