@@ -383,8 +383,10 @@ def check(
 
     from prestop_agent.check import render, run_check
 
+    # The hooks' arguments are read by this program's own parser: the check accepts what a run accepts.
+    commands = getattr(typer.main.get_command(app), "commands", {})
     with _bad_input_exits():
-        report = run_check([Path(f) for f in files])
+        report = run_check([Path(f) for f in files], commands)
     typer.echo(render(report))
     raise typer.Exit(EXIT_OK if report.ok else EXIT_VIOLATIONS)
 

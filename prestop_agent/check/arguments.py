@@ -7,14 +7,13 @@ anything. So the arguments go through the same parser, not a look-alike.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import typer
-
-from prestop_agent.cli import app
+#: The program's commands by name, as its command line runs them: click's ``Command`` objects
+#: (or those of the copy of click that newer typer ships), handed in by the CLI.
+Commands = Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -29,14 +28,7 @@ class Arguments:
     literal_dollar: bool = False  # a "$" reaches the agent as it is: nothing expands it
 
 
-@functools.cache
-def _commands() -> Mapping[str, Any]:
-    """The commands as the program runs them (click's, or the copy of click that newer typer ships)."""
-    commands: Mapping[str, Any] = getattr(typer.main.get_command(app), "commands", {})
-    return commands
-
-
-def parse_arguments(command: str, args: Sequence[str], *, expanded: bool) -> Arguments:
+def parse_arguments(commands: Commands, command: str, args: Sequence[str], *, expanded: bool) -> Arguments:
     """``args`` (what follows the command's name) as the agent's command line reads them.
 
     ``expanded``: something replaces ``$VAR`` or ``$(VAR)`` before the agent runs (a shell, or
@@ -45,7 +37,7 @@ def parse_arguments(command: str, args: Sequence[str], *, expanded: bool) -> Arg
     """
     if "--help" in args:
         return Arguments(refused="`--help` prints the help and exits 0 without draining")
-    parser = _commands()[command]
+    parser = commands[command]
     try:
         context = parser.make_context(f"prestop-agent {command}", list(args))
     except Exception as exc:  # a usage error, of whichever click the program runs on

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
-from prestop_agent.check.arguments import Arguments, parse_arguments
+from prestop_agent.check.arguments import Arguments, Commands, parse_arguments
 from prestop_agent.check.manifests import as_list, mapping
 from prestop_agent.errors import ConfigError
 
@@ -81,25 +81,25 @@ def shell_arguments(text: str) -> list[str]:
     return words
 
 
-def _shell_hook(shown: str, script: str) -> Hook | None:
+def _shell_hook(commands: Commands, shown: str, script: str) -> Hook | None:
     sleeps = [_seconds(m.group(1).split()) or 0.0 for m in _SLEEP_IN_SHELL.finditer(script)]
     agent = _AGENT_IN_SHELL.search(script)
     if agent and agent.group(1) == "deregister":
-        arguments = parse_arguments("deregister", shell_arguments(script[agent.end() :]), expanded=True)
+        arguments = parse_arguments(commands, "deregister", shell_arguments(script[agent.end() :]), expanded=True)
         return Hook("agent", f"exec {shown}", sleep_s=sum(sleeps), arguments=arguments)
     return Hook("sleep", f"exec {shown}", sleep_s=sum(sleeps)) if sleeps else None
 
 
-def _exec_hook(words: Sequence[str]) -> Hook | None:
+def _exec_hook(commands: Commands, words: Sequence[str]) -> Hook | None:
     if not words:
         return None
     shown = " ".join(shlex.quote(w) for w in words)
     base = PurePosixPath(words[0]).name
     if base in SHELLS and len(words) >= 3 and words[1] in ("-c", "-ec", "-ce", "-lc"):
-        return _shell_hook(shown, words[2])
+        return _shell_hook(commands, shown, words[2])
     for index, word in enumerate(words):
         if PurePosixPath(word).name == "prestop-agent" and words[index + 1 : index + 2] == ["deregister"]:
-            arguments = parse_arguments("deregister", words[index + 2 :], expanded=False)
+            arguments = parse_arguments(commands, "deregister", words[index + 2 :], expanded=False)
             return Hook("agent", f"exec {shown}", arguments=arguments)
     seconds = _seconds(words[1:]) if base == "sleep" else None
     return Hook("sleep", f"exec {shown}", sleep_s=seconds) if seconds is not None else None
@@ -136,7 +136,7 @@ def _ports(container: Mapping[str, Any]) -> set[str]:
 
 
 def _http_hook(
-    container: Mapping[str, Any], pod_spec: Mapping[str, Any], get: Mapping[str, Any]
+    commands: Commands, container: Mapping[str, Any], pod_spec: Mapping[str, Any], get: Mapping[str, Any]
 ) -> tuple[Hook | None, str | None]:
     path = str(get.get("path", "/")).split("?", 1)[0]
     port = str(get.get("port", ""))
@@ -152,19 +152,24 @@ def _http_hook(
     sidecar = chosen[0] if chosen else None
     serve_args = serve_arguments(sidecar) if sidecar is not None else None
     # The kubelet expands $(VAR) in a container's command and args (not in a hook's).
-    arguments = parse_arguments("serve", serve_args, expanded=True) if serve_args is not None else Arguments()
+    arguments = parse_arguments(commands, "serve", serve_args, expanded=True) if serve_args is not None else Arguments()
     hook = Hook("agent", f"httpGet {path} port {port}", arguments=arguments, command="serve", settings_from=sidecar)
     return hook, None
 
 
-def find_hook(container: Mapping[str, Any], pod_spec: Mapping[str, Any]) -> tuple[Hook | None, str | None]:
-    """The container's preStop hook as the check understands it, or (None, why it is not checked)."""
+def find_hook(
+    commands: Commands, container: Mapping[str, Any], pod_spec: Mapping[str, Any]
+) -> tuple[Hook | None, str | None]:
+    """The container's preStop hook as the check understands it, or (None, why it is not checked).
+
+    ``commands``: the program's own commands, which parse the hook's arguments exactly as a run would.
+    """
     pre_stop = mapping(mapping(container.get("lifecycle")).get("preStop"))
     if not pre_stop:
         return None, "no preStop hook"
     if "exec" in pre_stop:
         command = [str(c) for c in as_list(mapping(pre_stop["exec"]).get("command"))]
-        hook = _exec_hook(command)
+        hook = _exec_hook(commands, command)
         if hook is None:
             return None, f"preStop runs {' '.join(command)!r}, neither prestop-agent nor a plain sleep"
         return hook, None
@@ -174,5 +179,5 @@ def find_hook(container: Mapping[str, Any], pod_spec: Mapping[str, Any]) -> tupl
             raise ConfigError(f"lifecycle.preStop.sleep.seconds={seconds!r} is not a whole number of seconds")
         return Hook("sleep", f"sleep action {seconds} s", sleep_s=float(seconds)), None
     if "httpGet" in pre_stop:
-        return _http_hook(container, pod_spec, mapping(pre_stop["httpGet"]))
+        return _http_hook(commands, container, pod_spec, mapping(pre_stop["httpGet"]))
     return None, "preStop hook of an unknown kind"

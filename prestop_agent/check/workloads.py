@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from prestop_agent.check.arguments import Commands
 from prestop_agent.check.balancers import find_load_balancer, lb_from_env
 from prestop_agent.check.environment import container_env
 from prestop_agent.check.hooks import find_hook, runs_serve
@@ -27,11 +28,12 @@ from prestop_agent.check.settings import Pod, validate
 from prestop_agent.errors import ConfigError
 
 
-def run_check(paths: Sequence[Path]) -> CheckReport:
+def run_check(paths: Sequence[Path], commands: Commands) -> CheckReport:
     """Check every Deployment/StatefulSet/DaemonSet in ``paths`` (files or directories).
 
     Services, Ingresses, IngressClasses and ConfigMaps are matched to the workloads of files in
     the same directory: one directory holds one application's manifests (as in k8s-examples/).
+    ``commands``: the program's commands (its command line's), which read the hooks' arguments.
     Raises ConfigError for unreadable or invalid input, or when no workload is found.
     """
     found = read_manifests(paths)
@@ -49,11 +51,11 @@ def run_check(paths: Sequence[Path]) -> CheckReport:
     report = CheckReport(notes=list(found.notes))
     for inputs in groups.values():
         for workload in inputs.workloads:
-            report.containers.extend(_check_workload(workload, inputs, report))
+            report.containers.extend(_check_workload(workload, inputs, report, commands))
     return report
 
 
-def _check_workload(workload: Doc, inputs: Directory, report: CheckReport) -> list[ContainerCheck]:
+def _check_workload(workload: Doc, inputs: Directory, report: CheckReport, commands: Commands) -> list[ContainerCheck]:
     label = f"{workload.kind} {workload.namespace + '/' if workload.namespace else ''}{workload.name}"
     template = mapping(mapping(workload.obj.get("spec")).get("template"))
     pod_spec = mapping(template.get("spec"))
@@ -80,7 +82,7 @@ def _check_workload(workload: Doc, inputs: Directory, report: CheckReport) -> li
         item = mapping(container)
         name = str(item.get("name", "?"))
         try:
-            hook, why_not = find_hook(item, pod_spec)
+            hook, why_not = find_hook(commands, item, pod_spec)
         except ConfigError as exc:
             raise ConfigError(f"{workload.file}: {label} container {name}: {exc}") from None
         if hook is None:

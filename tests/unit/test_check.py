@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from prestop_agent.check import CheckReport, render, run_check
+from prestop_agent.check import CheckReport, render
 from prestop_agent.cli import EXIT_CONFIG, EXIT_OK, EXIT_VIOLATIONS, app
 from prestop_agent.errors import ConfigError
+from tests.unit.checking import check_paths
 
 runner = CliRunner()
 EXAMPLES = Path(__file__).resolve().parents[2] / "k8s-examples"
@@ -74,7 +75,7 @@ def invoke(*paths: Path):  # type: ignore[no-untyped-def]
 
 
 def test_the_shipped_examples_hold_every_rule() -> None:
-    report = run_check([EXAMPLES])
+    report = check_paths([EXAMPLES])
     assert report.ok, render(report)
     assert {c.workload for c in report.containers} >= {"Deployment shop/orders", "Deployment tea/tea"}
     result = invoke(EXAMPLES)
@@ -84,7 +85,7 @@ def test_the_shipped_examples_hold_every_rule() -> None:
 
 def test_agent_with_defaults_fits_the_default_grace_period(tmp_path: Path) -> None:
     path = write(tmp_path, deployment(pre_stop=AGENT))
-    report = run_check([path])
+    report = check_paths([path])
     assert report.ok, render(report)
     text = render(report)
     # Budget 30 - 10 = 20; evidence needs registry propagation 5 + traffic quiet 10.
@@ -112,7 +113,7 @@ def test_sleep_45_in_the_default_grace_period_is_cut_off(tmp_path: Path) -> None
 
 def test_sleep_45_with_grace_60_holds(tmp_path: Path) -> None:
     path = write(tmp_path, deployment(pre_stop='exec:\n  command: ["/bin/sh", "-c", "sleep 45"]', grace=60))
-    assert run_check([path]).ok
+    assert check_paths([path]).ok
 
 
 def test_budget_longer_than_the_grace_period(tmp_path: Path) -> None:
@@ -120,7 +121,7 @@ def test_budget_longer_than_the_grace_period(tmp_path: Path) -> None:
         - name: PRESTOP_BUDGET_SECONDS
           value: "40"
     """
-    report = run_check([write(tmp_path, deployment(pre_stop=AGENT, grace=30, env=env))])
+    report = check_paths([write(tmp_path, deployment(pre_stop=AGENT, grace=30, env=env))])
     assert fails(report) == [
         "[grace] terminationGracePeriodSeconds 30 < preStop wait 40 + shutdown reserve 10: the kubelet kills the app "
         "before it has shut down; raise terminationGracePeriodSeconds to 50, or lower the budget to 20 "
@@ -133,7 +134,7 @@ def test_agent_grace_larger_than_the_pods_grace(tmp_path: Path) -> None:
         - name: PRESTOP_GRACE_SECONDS
           value: "60"
     """
-    report = run_check([write(tmp_path, deployment(pre_stop=AGENT, grace=45, env=env))])
+    report = check_paths([write(tmp_path, deployment(pre_stop=AGENT, grace=45, env=env))])
     (line,) = fails(report)
     assert line.startswith("[grace] terminationGracePeriodSeconds 45 < preStop wait 50 + shutdown reserve 10")
     assert "set PRESTOP_GRACE_SECONDS=45 to match the pod's grace period" in line
@@ -147,7 +148,7 @@ def test_registry_only_needs_the_consumer_cache_allowance(tmp_path: Path) -> Non
         - name: PRESTOP_WAIT_FOR
           value: registry
     """
-    report = run_check([write(tmp_path, deployment(pre_stop=AGENT, env=env))])
+    report = check_paths([write(tmp_path, deployment(pre_stop=AGENT, env=env))])
     (line,) = fails(report)
     # 5 s registry propagation + 35 s consumer caches > the default budget of 20 s.
     assert line.startswith("[budget] agent budget 20 < 40 needed")
@@ -160,13 +161,13 @@ def test_flags_in_the_hook_win_over_env(tmp_path: Path) -> None:
         - name: PRESTOP_BUDGET_SECONDS
           value: "5"
     """
-    report = run_check([write(tmp_path, deployment(pre_stop=pre_stop, grace=50, env=env))])
+    report = check_paths([write(tmp_path, deployment(pre_stop=pre_stop, grace=50, env=env))])
     assert report.ok, render(report)
 
 
 def test_no_wait_does_not_wait(tmp_path: Path) -> None:
     pre_stop = 'exec:\n  command: ["prestop-agent", "deregister", "--no-wait"]'
-    report = run_check([write(tmp_path, deployment(pre_stop=pre_stop))])
+    report = check_paths([write(tmp_path, deployment(pre_stop=pre_stop))])
     assert [v.rule for _, v in report.violations] == ["budget"]
     assert "use `deregister --wait`" in fails(report)[0]
 
@@ -176,7 +177,7 @@ def test_invalid_timing_value_is_a_violation(tmp_path: Path) -> None:
         - name: PRESTOP_SHUTDOWN_RESERVE_SECONDS
           value: ten
     """
-    report = run_check([write(tmp_path, deployment(pre_stop=AGENT, env=env))])
+    report = check_paths([write(tmp_path, deployment(pre_stop=AGENT, env=env))])
     assert [v.rule for _, v in report.violations] == ["config"]
     assert "PRESTOP_SHUTDOWN_RESERVE_SECONDS='ten' is not a number of seconds" in fails(report)[0]
 
@@ -189,7 +190,7 @@ def test_quiet_floor_longer_than_the_quiet_time_is_a_violation(
         - name: PRESTOP_QUIET_MIN_SECONDS
           value: "{least}"
     """
-    report = run_check([write(tmp_path, deployment(pre_stop=AGENT, env=env))])
+    report = check_paths([write(tmp_path, deployment(pre_stop=AGENT, env=env))])
     assert [v.rule for _, v in report.violations] == violations
     if violations:
         assert "PRESTOP_QUIET_MIN_SECONDS=12 is longer than the quiet time of 10" in fails(report)[0]
@@ -203,7 +204,7 @@ def test_unresolvable_reference_is_reported_not_guessed(tmp_path: Path) -> None:
               name: timings
               key: budget
     """
-    report = run_check([write(tmp_path, deployment(pre_stop=AGENT, env=env))])
+    report = check_paths([write(tmp_path, deployment(pre_stop=AGENT, env=env))])
     assert report.ok
     assert any("PRESTOP_BUDGET_SECONDS comes from secretKeyRef" in n for n in report.containers[0].notes)
     assert re.search(
@@ -221,7 +222,7 @@ def test_config_map_values_are_resolved(tmp_path: Path) -> None:
     """
     configmap = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: timings\ndata:\n  budget: '40'\n"
     path = write(tmp_path, deployment(pre_stop=AGENT, env=env) + "---\n" + configmap)
-    report = run_check([path])
+    report = check_paths([path])
     assert [v.rule for _, v in report.violations] == ["grace"]
     assert "preStop wait 40" in fails(report)[0]
 
@@ -262,7 +263,7 @@ def test_keepalive_not_longer_than_the_idle_timeout(tmp_path: Path) -> None:
         "alb.ingress.kubernetes.io/target-group-attributes: deregistration_delay.timeout_seconds=10",
     )
     manifest = deployment(pre_stop="sleep:\n  seconds: 25", grace=40, env=env) + SERVICE + ingress
-    report = run_check([write(tmp_path, manifest)])
+    report = check_paths([write(tmp_path, manifest)])
     (line,) = fails(report)
     assert line.startswith("[keepalive] app keep-alive 60 <= LB idle timeout 60")
     assert "at least 61 (e.g. SERVER_TOMCAT_KEEP_ALIVE_TIMEOUT=61s)" in line
@@ -275,7 +276,7 @@ def test_keepalive_from_our_annotation_in_milliseconds_env(tmp_path: Path) -> No
     """
     attributes = "alb.ingress.kubernetes.io/target-group-attributes: deregistration_delay.timeout_seconds=10"
     manifest = deployment(pre_stop="sleep:\n  seconds: 25", grace=40, env=env) + SERVICE + aws_ingress(attributes)
-    report = run_check([write(tmp_path, manifest)])
+    report = check_paths([write(tmp_path, manifest)])
     assert report.ok, render(report)
     assert "app keep-alive                75 s  env SERVER_TOMCAT_KEEPALIVETIMEOUT" in render(report)
 
@@ -283,7 +284,7 @@ def test_keepalive_from_our_annotation_in_milliseconds_env(tmp_path: Path) -> No
 def test_prestop_shorter_than_the_deregistration_delay(tmp_path: Path) -> None:
     attributes = "alb.ingress.kubernetes.io/target-group-attributes: deregistration_delay.timeout_seconds=30"
     manifest = deployment(pre_stop='exec:\n  command: ["sleep", "20"]', grace=30) + SERVICE + aws_ingress(attributes)
-    report = run_check([write(tmp_path, manifest)])
+    report = check_paths([write(tmp_path, manifest)])
     (line,) = fails(report)
     assert line.startswith("[lb-drain] preStop wait 20 < LB propagation 10 + deregistration delay 30")
     assert "raise the sleep to 40 and terminationGracePeriodSeconds to 50" in line
@@ -299,7 +300,7 @@ def test_service_annotation_wins_over_the_ingress(tmp_path: Path) -> None:
     )
     attributes = "alb.ingress.kubernetes.io/target-group-attributes: deregistration_delay.timeout_seconds=300"
     manifest = deployment(pre_stop='exec:\n  command: ["sleep", "20"]', grace=30) + service + aws_ingress(attributes)
-    report = run_check([write(tmp_path, manifest)])
+    report = check_paths([write(tmp_path, manifest)])
     assert report.ok, render(report)
 
 
@@ -308,7 +309,7 @@ def test_aws_default_deregistration_delay_applies_when_unstated(tmp_path: Path) 
         - name: PRESTOP_AWS_TARGET_GROUP_ARNS
           value: arn:aws:elasticloadbalancing:eu-west-1:111122223333:targetgroup/web/0123456789abcdef
     """
-    report = run_check([write(tmp_path, deployment(pre_stop=AGENT, grace=30, env=env))])
+    report = check_paths([write(tmp_path, deployment(pre_stop=AGENT, grace=30, env=env))])
     (line,) = fails(report)
     assert line.startswith("[lb-drain] preStop wait 20 < LB propagation 10 + deregistration delay 300")
     assert "AWS default (not stated)" in render(report)
@@ -320,7 +321,7 @@ def test_aliyun_connection_draining(tmp_path: Path) -> None:
         'alb.ingress.kubernetes.io/connection-drain-timeout: "30"',
     ).replace("    alb.ingress.kubernetes.io/target-type: ip\n", "")
     manifest = deployment(pre_stop='exec:\n  command: ["/bin/sh", "-c", "sleep 10"]', grace=45) + SERVICE + ingress
-    report = run_check([write(tmp_path, manifest)])
+    report = check_paths([write(tmp_path, manifest)])
     (line,) = fails(report)
     assert "Alibaba Cloud ALB via Ingress web" in render(report)
     assert line.startswith("[lb-drain] preStop wait 10 < LB propagation 10 + deregistration delay 30")
@@ -337,7 +338,7 @@ def test_our_annotations_state_the_lb(tmp_path: Path) -> None:
         '        prestop-agent.io/app-keepalive-seconds: "30"\n'
         "      labels:\n",
     )
-    report = run_check([write(tmp_path, manifest)])
+    report = check_paths([write(tmp_path, manifest)])
     assert [v.rule for _, v in report.violations] == ["keepalive"]
 
 
@@ -346,14 +347,14 @@ def test_our_annotations_state_the_lb(tmp_path: Path) -> None:
 
 def test_multi_document_with_a_service_and_a_deployment(tmp_path: Path) -> None:
     manifest = SERVICE.lstrip("\n-") + "---\n" + deployment(pre_stop='exec:\n  command: ["sleep", "45"]')
-    report = run_check([write(tmp_path, manifest)])
+    report = check_paths([write(tmp_path, manifest)])
     assert [c.workload for c in report.containers] == ["Deployment web"]
     assert [v.rule for _, v in report.violations] == ["grace"]
 
 
 @pytest.mark.parametrize("kind", ["StatefulSet", "DaemonSet"])
 def test_statefulset_and_daemonset(tmp_path: Path, kind: str) -> None:
-    report = run_check([write(tmp_path, deployment(pre_stop='exec:\n  command: ["sleep", "45"]', kind=kind))])
+    report = check_paths([write(tmp_path, deployment(pre_stop='exec:\n  command: ["sleep", "45"]', kind=kind))])
     assert [c.workload for c in report.containers] == [f"{kind} web"]
     assert "raise terminationGracePeriodSeconds to 55" in fails(report)[0]
 
@@ -363,7 +364,7 @@ def test_kind_list(tmp_path: Path) -> None:
     bad = deployment(pre_stop='exec:\n  command: ["sleep", "45"]', name="bad")
     items = "".join(f"  - {textwrap.indent(doc, '    ').lstrip()}" for doc in (good, bad))
     manifest = f"apiVersion: v1\nkind: List\nitems:\n{items}"
-    report = run_check([write(tmp_path, manifest)])
+    report = check_paths([write(tmp_path, manifest)])
     assert [c.workload for c in report.containers] == ["Deployment good", "Deployment bad"]
     assert [c.workload for c, _ in report.violations] == ["Deployment bad"]
 
@@ -378,19 +379,19 @@ def test_kind_list(tmp_path: Path) -> None:
     ],
 )
 def test_shell_and_plain_sleeps(tmp_path: Path, command: str, seconds: str) -> None:
-    report = run_check([write(tmp_path, deployment(pre_stop=f"exec:\n  command: {command}"))])
+    report = check_paths([write(tmp_path, deployment(pre_stop=f"exec:\n  command: {command}"))])
     assert f"preStop wait {seconds} + shutdown reserve 10" in fails(report)[0]
 
 
 def test_native_sleep_action(tmp_path: Path) -> None:
-    report = run_check([write(tmp_path, deployment(pre_stop="sleep:\n  seconds: 45", grace=50))])
+    report = check_paths([write(tmp_path, deployment(pre_stop="sleep:\n  seconds: 45", grace=50))])
     assert "preStop sleep action 45 s" in render(report)
     assert "raise terminationGracePeriodSeconds to 55" in fails(report)[0]
 
 
 def test_agent_inside_sh_c(tmp_path: Path) -> None:
     pre_stop = 'exec:\n  command: ["sh", "-c", "/opt/prestop-agent/prestop-agent deregister --wait --budget 50"]'
-    report = run_check([write(tmp_path, deployment(pre_stop=pre_stop))])
+    report = check_paths([write(tmp_path, deployment(pre_stop=pre_stop))])
     assert "preStop wait 50" in fails(report)[0]
 
 
@@ -417,7 +418,7 @@ def test_http_get_to_a_sidecar_reads_the_sidecars_env(tmp_path: Path) -> None:
     )
     pre_stop = "httpGet:\n  path: /prestop\n  port: prestop"
     manifest = deployment(pre_stop=pre_stop, grace=50, extra_containers=sidecar + "\n")
-    report = run_check([write(tmp_path, manifest)])
+    report = check_paths([write(tmp_path, manifest)])
     assert [c.container for c in report.containers] == ["web"]
     assert "preStop httpGet /prestop port prestop" in render(report)
     assert fails(report)[0].startswith("[grace] terminationGracePeriodSeconds 50 < preStop wait 45 + shutdown reserve")
@@ -427,7 +428,7 @@ def test_other_hooks_and_kinds_are_skipped_with_a_note(tmp_path: Path) -> None:
     script = deployment(pre_stop='exec:\n  command: ["/tmp/preStop.sh"]', name="scripted")
     good = deployment(pre_stop='exec:\n  command: ["sleep", "5"]')
     job = "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: once\nspec: {}\n"
-    report = run_check([write(tmp_path, script + "---\n" + good + "---\n" + job)])
+    report = check_paths([write(tmp_path, script + "---\n" + good + "---\n" + job)])
     assert [c.workload for c in report.containers] == ["Deployment web"]
     assert any("'/tmp/preStop.sh', neither prestop-agent nor a plain sleep" in n for n in report.notes)
 
@@ -459,7 +460,7 @@ def test_directories_are_read_recursively(tmp_path: Path) -> None:
 def test_invalid_input_exits_2_with_one_line(tmp_path: Path, text: str, message: str, starts: str) -> None:
     path = write(tmp_path, text)
     with pytest.raises(ConfigError, match=message):
-        run_check([path])
+        check_paths([path])
     result = invoke(path)
     assert result.exit_code == EXIT_CONFIG
     assert result.stdout == ""

@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from prestop_agent.check import CheckReport, render, run_check
+from prestop_agent.check import CheckReport, render
 from prestop_agent.check.settings import Pod
 from prestop_agent.cli import EXIT_OK, EXIT_VIOLATIONS, app
 from prestop_agent.config import derive_service
 from prestop_agent.errors import ConfigError
 from prestop_agent.watchers import aws_alb
+from tests.unit.checking import check_paths
 
 runner = CliRunner()
 
@@ -50,7 +51,7 @@ def manifest(
 def check(tmp_path: Path, text: str) -> CheckReport:
     path = tmp_path / "app.yaml"
     path.write_text(text, encoding="utf-8")
-    return run_check([path])
+    return check_paths([path])
 
 
 def violations(report: CheckReport) -> list[str]:
