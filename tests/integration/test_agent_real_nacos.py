@@ -160,9 +160,8 @@ def test_wrong_derived_service_name_never_fakes_success(nacos: NacosProcess, grp
         assert served(nacos, grpc_instance), "a failed run must not have changed the instance"
 
 
+@pytest.mark.nacos_auth(True)
 def test_wrong_password_exits_3_with_a_clear_message(nacos: NacosProcess, grpc_instance: JavaInstance) -> None:
-    if not nacos.auth:
-        pytest.skip("auth is off on this server")
     wait_served(nacos, grpc_instance, True)
     budget = 8
     env = pod_env(nacos, grpc_instance, password="definitely-wrong", budget=budget)

@@ -61,9 +61,8 @@ def test_http_heartbeat_instance(nacos: NacosProcess) -> None:
         assert instance.beat_errors.empty()
 
 
+@pytest.mark.nacos_auth(True)
 def test_auth_on_rejects_calls_without_token(nacos: NacosProcess) -> None:
-    if not nacos.auth:
-        pytest.skip("auth is off on this server")
     response = httpx.get(f"{nacos.base_url}/v1/ns/instance/list", params={"serviceName": "anything"})
     assert response.status_code == 403
     admin = httpx.get(f"{nacos.base_url}/v3/admin/ns/instance/list", params={"serviceName": "anything"})

@@ -209,11 +209,10 @@ class Agent:
                 stream.close()
 
 
+@pytest.mark.nacos_auth(False)  # the re-assertion writes as the drain does; auth is covered by the other tests
 def test_an_instance_enabled_again_mid_drain_is_taken_out_again_and_ends_drained(
     nacos: NacosProcess, grpc_instance: JavaInstance
 ) -> None:
-    if nacos.auth:
-        pytest.skip("the re-assertion writes as the drain does; auth is covered by the other tests")
     reg = Reg(grpc_instance.service, grpc_instance.port)
     ip = grpc_instance.ip
     wait_until(lambda: served(nacos, reg, ip), timeout=30, what="served")
@@ -264,8 +263,6 @@ def test_an_instance_enabled_again_mid_drain_is_taken_out_again_and_ends_drained
 @pytest.fixture(scope="module")
 def dubbo(nacos: NacosProcess) -> Iterator[DubboProvider]:
     """One Dubbo provider per server major (auth off): interface-level and application-level registrations."""
-    if nacos.auth:
-        pytest.skip("one Dubbo provider per server major: the auth-off servers")
     provider = DubboProvider(nacos, f"it-dubbo-orders-{nacos.major}")
     try:
         provider.start()
@@ -286,6 +283,7 @@ def dubbo_env(nacos: NacosProcess, dubbo: DubboProvider, **extra: str) -> dict[s
     return env_for(nacos, dubbo.host, dubbo.port, HOSTNAME=f"{dubbo.application}-7d9c8b6f5d-x2k4q", **extra)
 
 
+@pytest.mark.nacos_auth(False)  # one Dubbo provider per server major: the auth-off servers
 def test_a_dubbo_provider_leaves_no_registration_served(nacos: NacosProcess, dubbo: DubboProvider) -> None:
     regs = dubbo_regs(dubbo)
     for reg in regs.values():
@@ -309,6 +307,7 @@ def test_a_dubbo_provider_leaves_no_registration_served(nacos: NacosProcess, dub
         wait_served(nacos, reg, dubbo.host, timeout=30)
 
 
+@pytest.mark.nacos_auth(False)
 def test_dubbo_qos_offline_is_proven_in_nacos_and_register_brings_it_online(
     nacos: NacosProcess, dubbo: DubboProvider
 ) -> None:
