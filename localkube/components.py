@@ -79,38 +79,38 @@ def apiserver(binary: Path, pki: Pki) -> list[str]:
     ]
 
 
-def controller_manager(binary: Path, pki: Pki) -> list[str]:
-    kubeconfig = pki.kubeconfig("controller-manager")
+def _api_client(binary: Path, pki: Pki, name: str, *flags: str) -> list[str]:
+    """A control-plane component that reaches the API server with its own kubeconfig, alone on the node."""
+    kubeconfig = pki.kubeconfig(name)
     return [
         str(binary),
         f"--kubeconfig={kubeconfig}",
         f"--authentication-kubeconfig={kubeconfig}",
         f"--authorization-kubeconfig={kubeconfig}",
         f"--bind-address={NODE_IP}",
+        *flags,
+        "--leader-elect=false",
+        "--profiling=false",
+        "--v=1",
+    ]
+
+
+def controller_manager(binary: Path, pki: Pki) -> list[str]:
+    return _api_client(
+        binary,
+        pki,
+        "controller-manager",
         f"--service-account-private-key-file={pki.service_account_key}",
         f"--root-ca-file={pki.ca_cert}",
         f"--cluster-signing-cert-file={pki.ca_cert}",
         f"--cluster-signing-key-file={pki.ca_key}",
         f"--service-cluster-ip-range={SERVICE_CIDR}",
         "--use-service-account-credentials=true",
-        "--leader-elect=false",
-        "--profiling=false",
-        "--v=1",
-    ]
+    )
 
 
 def scheduler(binary: Path, pki: Pki) -> list[str]:
-    kubeconfig = pki.kubeconfig("scheduler")
-    return [
-        str(binary),
-        f"--kubeconfig={kubeconfig}",
-        f"--authentication-kubeconfig={kubeconfig}",
-        f"--authorization-kubeconfig={kubeconfig}",
-        f"--bind-address={NODE_IP}",
-        "--leader-elect=false",
-        "--profiling=false",
-        "--v=1",
-    ]
+    return _api_client(binary, pki, "scheduler")
 
 
 def containerd_config(layout: Layout, sandbox_image: str) -> str:

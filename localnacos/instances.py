@@ -5,28 +5,25 @@ from __future__ import annotations
 import contextlib
 import json
 import queue
-import shutil
-import subprocess
-import tempfile
 import threading
-import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Self
 
 import httpx
 
-from localnacos.machine import HarnessError, Lifecycle, stop_process, tail, track
-from localnacos.maven import build, classpath, java
+from localnacos.jvm import JsonLinesProgram
+from localnacos.machine import HarnessError, Lifecycle
 from localnacos.server import ADMIN_PASSWORD, ADMIN_USERNAME, CLIENT_VERSIONS, NacosProcess
 
 
-class JavaInstance(Lifecycle):
+class JavaInstance(JsonLinesProgram):
     """An ephemeral instance registered over gRPC by the real Nacos Java client, subscribed to its service.
 
     ``events`` collects every JSON line the client printed (``registered``, ``push``,
     ``deregistered``, ``error``), in order, across restarts.
     """
+
+    label = "gRPC client"
 
     def __init__(
         self,
@@ -41,6 +38,7 @@ class JavaInstance(Lifecycle):
         client_version: str | None = None,
         register_timeout: float = 60.0,
     ) -> None:
+        super().__init__()
         self.server = server
         self.service = service
         self.ip = ip
@@ -50,84 +48,27 @@ class JavaInstance(Lifecycle):
         self.cluster = cluster
         self.client_version = client_version or CLIENT_VERSIONS[server.major]
         self.register_timeout = register_timeout
-        self.events: list[dict[str, Any]] = []
-        self._events_changed = threading.Condition()
-        self.process: subprocess.Popen[bytes] | None = None
-        self._reader: threading.Thread | None = None
-        self._home: Path | None = None
 
     def start(self) -> Self:
-        build_dir = build("client", {"nacos.client.version": self.client_version})
-        self._home = Path(tempfile.mkdtemp(prefix="localnacos-client-"))
         args = [self.server.http_addr, self.namespace, self.group, self.service, self.ip, str(self.port), self.cluster]
         if self.server.auth:
             args += [ADMIN_USERNAME, ADMIN_PASSWORD]
-        command = [
-            java(),
-            "-Xmx128m",
-            "-XX:TieredStopAtLevel=1",
-            "-XX:+UseSerialGC",
-            f"-Duser.home={self._home}",
-            f"-DJM.LOG.PATH={self._home / 'logs'}",
-            "-cp",
-            classpath(build_dir),
+        registered_before = self.count("registered")
+        self._launch(
+            "client",
             "localnacos.client.GrpcInstance",
-            *args,
-        ]
-        with open(self._home / "stderr.log", "wb") as stderr:
-            self.process = subprocess.Popen(
-                command,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                start_new_session=True,
-            )
-        track(self.process)
-        registered_before = self._count("registered")
-        self._reader = threading.Thread(target=self._read, args=(self.process,), daemon=True)
-        self._reader.start()
+            args,
+            heap="128m",
+            properties={"nacos.client.version": self.client_version},
+        )
         try:
             self.wait_for(
-                lambda: self._count("registered") > registered_before, timeout=self.register_timeout, what="registered"
+                lambda: self.count("registered") > registered_before, timeout=self.register_timeout, what="registered"
             )
         except BaseException:
             self.stop()
             raise
         return self
-
-    def _read(self, process: subprocess.Popen[bytes]) -> None:
-        if process.stdout is None:
-            return
-        for raw in process.stdout:
-            try:
-                event = json.loads(raw)
-            except ValueError:
-                continue
-            with self._events_changed:
-                self.events.append(event)
-                self._events_changed.notify_all()
-
-    def _count(self, kind: str) -> int:
-        with self._events_changed:
-            return sum(1 for event in self.events if event.get("event") == kind)
-
-    def wait_for(self, check: Callable[[], bool], *, timeout: float, what: str = "event") -> None:
-        """Wait until ``check`` (called with new events seen) is true; raise TimeoutError with the client's log."""
-        deadline = time.monotonic() + timeout
-        with self._events_changed:
-            while not check():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError(f"gRPC client: {what} not seen within {timeout:.0f} s; events: {self.events}")
-                if self.process is not None and self.process.poll() is not None and self._reader_done():
-                    raise HarnessError(
-                        f"gRPC client exited with {self.process.returncode}; events: {self.events}\n"
-                        + self.stderr_tail()
-                    )
-                self._events_changed.wait(timeout=min(remaining, 0.5))
-
-    def _reader_done(self) -> bool:
-        return self._reader is None or not self._reader.is_alive()
 
     def pushes(self) -> list[list[dict[str, Any]]]:
         """Every host list pushed to the subscribed client so far, oldest first."""
@@ -146,34 +87,6 @@ class JavaInstance(Lifecycle):
             timeout=timeout,
             what="a matching push",
         )
-
-    def stderr_tail(self) -> str:
-        if self._home is None:
-            return "(no log)"
-        return tail(self._home / "stderr.log")
-
-    def stop(self, *, graceful: bool = True) -> None:
-        """Deregister and exit (``graceful``: close stdin, like an app shutting down), or SIGKILL the JVM."""
-        process = self.process
-        if process is None:
-            return
-        if graceful and process.poll() is None and process.stdin is not None:
-            with contextlib.suppress(OSError):
-                process.stdin.close()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=20)
-        stop_process(process, grace=0.0 if not graceful else 10.0)
-        if self._reader is not None:
-            self._reader.join(timeout=5)
-        for stream in (process.stdin, process.stdout):
-            if stream is not None:
-                with contextlib.suppress(OSError):
-                    stream.close()
-        self.process = None
-        self._reader = None
-        if self._home is not None:
-            shutil.rmtree(self._home, ignore_errors=True)
-            self._home = None
 
     def restart(self, *, graceful: bool = True) -> None:
         """Stop the client and register the same ip:port again, as a restarted container does."""
