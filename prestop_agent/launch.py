@@ -9,9 +9,10 @@ every other command starts with less than its dependencies would load by themsel
   installed, which costs about 25 MB and a tenth of a second. ``anyio`` likewise: httpcore
   imports it for its async connection pools only, and the agent's requests are synchronous.
 - The cyclic garbage collector is paused while the modules load: the start-up creates some
-  100,000 objects that live until exit and almost no garbage, so the collector's passes over
-  them are wasted work (about a sixth of the start-up's CPU). Then what was loaded is frozen
-  out of later collections (``gc.freeze``) and the collector runs as usual.
+  50,000 tracked objects that live until exit and almost no garbage, so the collector's passes
+  over them are wasted work (a fifth to a quarter of the import's CPU, measured in paired
+  runs). Then what was loaded is frozen out of later collections (``gc.freeze``) and the
+  collector runs as usual.
 
 ``asyncio`` (imported by structlog for its async API, about 1.3 MB) stays: a stand-in module
 that imports it on first use crashed the interpreter when a submodule (``asyncio.events``)
