@@ -103,6 +103,8 @@ def _interrupted(exc: KeyboardInterrupt, report: Report) -> Interrupted:
 
 @dataclass(frozen=True)
 class _Run:
+    """What every step of one drain works with."""
+
     settings: Settings
     deps: Deps
     registry: Registry

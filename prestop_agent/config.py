@@ -39,6 +39,8 @@ _RANDOM_SUFFIX = re.compile(rf"^[{_SAFE}]{{5}}$")
 
 @dataclass(frozen=True)
 class Settings:
+    """Every setting of a run, resolved once, each with the source that won (``sources``)."""
+
     pod_ip: Resolved[str]
     port: Resolved[int]
     servers: Resolved[tuple[ServerAddress, ...]]

@@ -30,6 +30,8 @@ QOS_HOST = "127.0.0.1"
 
 @dataclass(frozen=True)
 class QosAnswer:
+    """What Dubbo's QoS port answered to one command."""
+
     command: str
     ok: bool  # HTTP 200 with the body "OK"
     detail: str

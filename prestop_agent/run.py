@@ -26,6 +26,8 @@ log = structlog.get_logger("prestop_agent.agent")
 
 @dataclass(frozen=True)
 class Deps:
+    """What a command is given rather than makes: clock, HTTP client, secrets, the run's deadline."""
+
     clock: Clock
     http: httpx.Client
     secrets: Secrets = field(default_factory=Secrets)

@@ -46,6 +46,8 @@ class WatchResult:
 
 @dataclass
 class _State:
+    """One watcher in the wait: its latest observation, since when, and when it is polled next."""
+
     watcher: Watcher
     latest: Observation
     since: float | None = None  # when the latest verdict was first reached

@@ -84,6 +84,8 @@ class Found:
 
 @dataclass
 class _Search:
+    """The (service, cluster) candidates a search has found so far, which source added each, and what it missed."""
+
     scope: Scope
     candidates: dict[tuple[ServiceKey, str], None] = field(default_factory=dict)  # (service, cluster), ordered
     sources: dict[str, int] = field(default_factory=dict)

@@ -38,6 +38,8 @@ class Listed:
 
 @dataclass(frozen=True)
 class ScanPage:
+    """One page of the namespace's services (every group), with their instances."""
+
     services: list[Listed]
     last: bool  # no page follows
 

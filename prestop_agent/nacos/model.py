@@ -21,6 +21,8 @@ DISABLED_MARK = "prestop-agent.disabled"
 
 @dataclass(frozen=True)
 class ServerAddress:
+    """One Nacos server's address, as configured: scheme, host, port and context path."""
+
     scheme: str
     host: str
     port: int
@@ -115,6 +117,8 @@ def format_endpoint(ip: str, port: int) -> str:
 
 @dataclass(frozen=True)
 class ServiceKey:
+    """A service's full name in Nacos: namespace, group and service."""
+
     namespace: str
     group: str
     service: str

@@ -27,6 +27,8 @@ _TAG = re.compile(r"<[^>]*>")
 
 @dataclass(frozen=True)
 class Credentials:
+    """The user and password to log in to Nacos with."""
+
     username: str
     password: str
 

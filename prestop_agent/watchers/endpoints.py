@@ -57,6 +57,8 @@ _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 @dataclass(frozen=True)
 class EndpointsConfig:
+    """The endpoints watcher's settings: the API server, the service account, which services."""
+
     api_url: str
     sa_dir: str = DEFAULT_SA_DIR
     namespace: str | None = None  # None: read it from the service account's namespace file

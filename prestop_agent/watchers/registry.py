@@ -40,6 +40,8 @@ def consumer_cache(src: Source, watched: Collection[str]) -> Resolved[float]:
 
 @dataclass(frozen=True)
 class RegistryConfig:
+    """The registry watcher's settings: the consumer-cache allowance."""
+
     consumer_cache_s: float
 
     def build(self, context: WatchContext) -> RegistryWatcher:
@@ -52,6 +54,8 @@ def load_config(src: Source, watched: Collection[str]) -> RegistryConfig:
 
 @dataclass
 class RegistryWatcher:
+    """Gone when no server serves any registration of the pod and the consumer-cache allowance has passed."""
+
     registrations: DrainSet
     consumer_cache_s: float
     clock: Clock

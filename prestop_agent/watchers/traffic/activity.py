@@ -70,6 +70,8 @@ UNATTRIBUTED = frozenset({"accept_backlog", "unmeasured_connection", "missed_clo
 
 @dataclass
 class Activity:
+    """One thing a caller did on a watched port, as a poll dated it."""
+
     when: float
     kind: str
     peer: str  # "" when the kernel does not say who

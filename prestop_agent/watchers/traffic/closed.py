@@ -16,9 +16,10 @@ activity it cannot attribute.
 
 from __future__ import annotations
 
-import ctypes
+import array
 import errno
 import socket
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -37,12 +38,8 @@ _BPF_RET_K = 0x06
 _PORT_OFFSET = 20
 
 
-class _SockFilter(ctypes.Structure):
-    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
-
-
-class _SockFprog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(_SockFilter))]
+_SOCK_FILTER = struct.Struct("=HBBI")  # struct sock_filter: u16 code, u8 jt, u8 jf, u32 k
+_SOCK_FPROG = struct.Struct("@HP")  # struct sock_fprog: u16 len, then (aligned) a pointer to the instructions
 
 
 def port_program(ports: tuple[int, ...]) -> list[tuple[int, int, int, int]]:
@@ -79,11 +76,11 @@ class ClosedFeed:
             raise
 
     def _attach(self, program: list[tuple[int, int, int, int]]) -> None:
-        filters = (_SockFilter * len(program))(*(_SockFilter(*op) for op in program))
-        prog = _SockFprog(len(program), ctypes.cast(filters, ctypes.POINTER(_SockFilter)))
-        self._sock.setsockopt(
-            socket.SOL_SOCKET, SO_ATTACH_FILTER, ctypes.string_at(ctypes.addressof(prog), ctypes.sizeof(prog))
-        )
+        # The kernel copies the instructions from the address in sock_fprog during the call; an array's buffer
+        # gives that address without ctypes, whose import (and libffi) costs every start of the hook.
+        instructions = array.array("B", b"".join(_SOCK_FILTER.pack(*op) for op in program))
+        address, _ = instructions.buffer_info()
+        self._sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, _SOCK_FPROG.pack(len(program), address))
 
     def drain(self) -> Closed:
         """Everything queued since the previous drain; never blocks."""

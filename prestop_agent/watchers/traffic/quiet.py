@@ -46,6 +46,8 @@ MIN_SPAN_S = 0.3
 
 @dataclass
 class Caller:
+    """One peer's arrivals: the first and the latest, how many, and the longest gap between two."""
+
     first: float
     last: float
     arrivals: int = 1
@@ -61,6 +63,8 @@ class Caller:
 
 @dataclass(frozen=True)
 class QuietRule:
+    """How long a caller must be silent to count as gone, from its own rate."""
+
     floor: float
     ceiling: float
     factor: float = FACTOR
@@ -80,6 +84,8 @@ class QuietRule:
 
 @dataclass(frozen=True)
 class Judgement:
+    """Whether the ports are quiet, until when, and who holds the wait."""
+
     quiet: bool
     until: float  # when the ports count as quiet if nothing more arrives
     judged_by_rate: bool  # at least one caller was seen often enough to be judged by its rate

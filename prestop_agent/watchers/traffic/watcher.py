@@ -44,6 +44,8 @@ _MAX_PEERS_SHOWN = 10
 
 @dataclass(frozen=True)
 class TrafficConfig:
+    """The traffic watcher's settings: quiet times, extra ports, ignored peers, where to read sockets."""
+
     quiet_seconds: float = DEFAULT_QUIET_SECONDS
     quiet_min_seconds: float = DEFAULT_QUIET_MIN_SECONDS
     proc_root: str = DEFAULT_PROC_ROOT
