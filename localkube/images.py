@@ -224,6 +224,8 @@ class Builder:
                 f"--file={REPO / 'docker' / 'Dockerfile'}",
                 f"--ignorefile={REPO / 'docker' / 'Dockerfile.dockerignore'}",
                 f"--build-arg=PYTHON_IMAGE={self.ref('python')}",
+                # No registry here: the glibc base the agent runs on is the same Debian root.
+                f"--build-arg=RUNTIME_IMAGE={self.ref('python')}",
                 f"--tag={self.ref(name)}",
                 str(REPO),
                 log=log,
