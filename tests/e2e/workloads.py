@@ -14,6 +14,8 @@ from localkube.layout import REPO
 
 NACOS_NAMESPACE = "nacos"
 NACOS_SERVICE = "nacos-headless"
+#: Where the cluster's Nacos answers from inside the cluster (the README snippet's value).
+NACOS_ADDR = f"{NACOS_SERVICE}.{NACOS_NAMESPACE}:8848"
 PROVIDER_SERVICE = "demo-provider"
 
 
@@ -107,12 +109,31 @@ def provider(image: str, namespace: str, *, replicas: int = 1) -> str:
     return yaml.safe_dump_all(objects, sort_keys=False)
 
 
-def served(nacos_ip: str, service: str) -> set[tuple[str, int]]:
+def served(nacos_ip: str, service: str, namespace: str = "public") -> set[tuple[str, int]]:
     """ip:port pairs the Nacos pod serves to consumers for a service (enabled and healthy only)."""
     response = httpx.get(
         f"http://{nacos_ip}:8848/nacos/v1/ns/instance/list",
-        params={"serviceName": service, "healthyOnly": "true"},
+        params={"serviceName": service, "healthyOnly": "true", "namespaceId": namespace},
         timeout=5,
     )
     response.raise_for_status()
     return {(h["ip"], int(h["port"])) for h in response.json().get("hosts", []) if h.get("enabled", True)}
+
+
+def registered(nacos_ip: str, service: str, namespace: str = "public") -> dict[tuple[str, int], bool]:
+    """Every instance Nacos holds for a service, disabled ones included: ip:port -> enabled."""
+    response = httpx.get(
+        f"http://{nacos_ip}:8848/nacos/v1/ns/catalog/instances",
+        params={
+            "serviceName": service,
+            "namespaceId": namespace,
+            "clusterName": "DEFAULT",
+            "pageNo": 1,
+            "pageSize": 100,
+        },
+        timeout=5,
+    )
+    if response.status_code == 404:  # no such service (yet, or any more)
+        return {}
+    response.raise_for_status()
+    return {(h["ip"], int(h["port"])): bool(h.get("enabled", True)) for h in response.json().get("list", [])}
