@@ -167,6 +167,8 @@ class Watch:
             self._process.terminate()
             self._process.wait(timeout=10)
         self._reader.join(timeout=10)
+        if self._process.stdout is not None:
+            self._process.stdout.close()
 
 
 @dataclass(frozen=True)
