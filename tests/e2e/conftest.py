@@ -231,8 +231,9 @@ def nacos_ip(cluster: LocalCluster) -> str:
 # -- scenarios: everything that happens in the cluster, run side by side --------------------------
 
 #: Images the scenarios deploy besides the session's: the examples' app, the agent's own image
-#: (the sidecar), the benchmark's consumer, and the sandbox image as a container that does nothing.
-SCENARIO_IMAGES = ("shop", "prestop-agent", "consumer", "pause")
+#: (the sidecar), the benchmark's consumer, the sandbox image as a container that does nothing, and
+#: Debian's python for small helpers (a client, a silent server).
+SCENARIO_IMAGES = ("shop", "prestop-agent", "consumer", "pause", "python")
 #: A scenario that has not finished by then is reported as hung (each has its own, shorter waits).
 SCENARIO_TIMEOUT_S = 1500.0
 T = TypeVar("T")

@@ -61,10 +61,13 @@ def nacos(image: str) -> str:
                                     {"name": "JDK_JAVA_OPTIONS", "value": "-Dnacos.inetutils.ip-address=$(POD_IP)"},
                                 ],
                                 "ports": [{"containerPort": p["port"], "name": p["name"]} for p in ports],
+                                # Tolerant: an unready Nacos drops out of the headless Service's DNS,
+                                # and a busy 2-core machine can hold an answer for a second or more.
                                 "readinessProbe": {
                                     "httpGet": {"path": "/nacos/v1/ns/operator/metrics", "port": 8848},
                                     "periodSeconds": 2,
-                                    "failureThreshold": 1,
+                                    "timeoutSeconds": 5,
+                                    "failureThreshold": 3,
                                 },
                             }
                         ],
