@@ -230,6 +230,12 @@ def test_at_the_grace_period_the_kubelet_stops_waiting_sends_sigterm_and_kills(s
     assert short.terminated["exitCode"] == 137, short.terminated
     finished = parse_stamp(short.terminated["finishedAt"])
     assert GRACE_S + 1 <= _since(short, finished) <= GRACE_S + 5, _since(short, finished)
+    # The hook, killed with the container, is reported as failed, without its output.
+    assert _failed_hook_messages(short) == ["PreStopHook failed"], short.events
+
+
+def _failed_hook_messages(ending: Ending) -> list[str]:
+    return [str(e.get("message")) for e in ending.events if e["reason"] == "FailedPreStopHook"]
 
 
 @pytest.mark.parametrize("namespace", [MATCHED, HUNG])
@@ -246,6 +252,8 @@ def test_configured_as_the_example_says_the_agent_ends_within_its_budget(scenari
     sigterm = first(ending.log.lines(), *SIGTERM_LINES)
     assert sigterm is not None
     assert sigterm > finished_at
+    # The agent's non-zero exit (4, 3) is a failed hook for the kubelet; the event holds no output.
+    assert _failed_hook_messages(ending) == ["PreStopHook failed"], ending.events
     # The app then shut down by itself, well inside the grace period: no SIGKILL.
     assert ending.terminated["exitCode"] != 137, ending.terminated
     assert _since(ending, parse_stamp(ending.terminated["finishedAt"])) < GRACE_S, ending.terminated
