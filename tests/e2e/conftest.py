@@ -29,6 +29,8 @@ import yaml
 from localkube import HarnessError, Kube, Layout, build_image, hostnet, import_image
 from localkube.layout import REPO
 
+from .observe import LogTap, Watch
+
 #: Everything the cluster and its images need from the machine (Debian packages, Go, the JDK).
 REQUIRED_TOOLS = {
     "go": "Go 1.21+",
@@ -250,6 +252,7 @@ class Stage:
         self.images = images
         self.dir = directory
         self.namespaces: list[str] = []
+        self._running: list[LogTap | Watch] = []
         self._log = directory / "progress.log"
 
     def namespace(self, name: str, *, restricted: bool = False) -> str:
@@ -259,6 +262,23 @@ class Stage:
         self.kube.apply(yaml.safe_dump(namespace))
         self.namespaces.append(name)
         return name
+
+    def tap(self, pod: str, *, namespace: str, container: str | None = None) -> LogTap:
+        """Follow a container's log into this scenario's directory until it ends (stopped at the end anyway)."""
+        name = f"{namespace}.{pod}" + (f".{container}" if container else "")
+        tap = LogTap(self.kube, pod, namespace=namespace, container=container, into=self.dir / f"{name}.log")
+        self._running.append(tap)
+        return tap.attached()
+
+    def watch(self, kind: str, *, namespace: str, selector: str | None = None) -> Watch:
+        watch = Watch(self.kube, kind, namespace=namespace, selector=selector)
+        self._running.append(watch)
+        return watch
+
+    def close(self) -> None:
+        """Stop every log follower and watch still running (a scenario that failed leaves some)."""
+        for running in self._running:
+            running.stop()
 
     def say(self, message: str) -> None:
         line = f"{dt.datetime.now(dt.UTC):%H:%M:%S.%f}"[:-3] + f" {self.name}: {message}"
@@ -307,6 +327,13 @@ def scenarios(
         name: Stage(name, cluster, nacos_ip, images, tmp_path_factory.mktemp(name, numbered=False)) for name in wanted
     }
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(wanted)), thread_name_prefix="scenario") as pool:
-        futures = {name: pool.submit(run, stages[name]) for name, run in wanted.items()}
+        futures = {name: pool.submit(_play, run, stages[name]) for name, run in wanted.items()}
         yield Scenarios(futures, stages)
         # Leaving waits for every scenario: none may still act on the cluster while it stops.
+
+
+def _play(scenario: Callable[[Stage], T], stage: Stage) -> T:
+    try:
+        return scenario(stage)
+    finally:
+        stage.close()

@@ -26,7 +26,7 @@ from localkube import poll
 
 from . import examples, workloads
 from .conftest import Scenarios, Stage
-from .observe import SIGTERM_LINES, Change, LogTap, Watch, first
+from .observe import SIGTERM_LINES, Change, LogTap, first
 
 NAMESPACE = "endpoints"
 WITH_RBAC, WITHOUT = "web", "web-norbac"
@@ -156,10 +156,10 @@ def endpoints(stage: Stage) -> Endpoints:
         pod = kube.pods(NAMESPACE, f"app={name}")[0]
         pod_name, ip = pod["metadata"]["name"], pod["status"]["podIP"]
         poll(functools.partial(_served, stage.nacos_ip, name, ip), timeout=180, what=f"{ip}:8080 served as {name}")
-        log = LogTap(kube, pod_name, namespace=NAMESPACE, into=stage.dir / f"{pod_name}.log").attached()
+        log = stage.tap(pod_name, namespace=NAMESPACE)
         watched[name] = Watched(pod_name, ip, dt.datetime.now(dt.UTC), log)
     web = watched[WITH_RBAC]
-    slices = Watch(kube, "endpointslices", namespace=NAMESPACE, selector=f"kubernetes.io/service-name={WITH_RBAC}")
+    slices = stage.watch("endpointslices", namespace=NAMESPACE, selector=f"kubernetes.io/service-name={WITH_RBAC}")
     try:
         slices.wait_for(lambda c: _ready(c, web.ip) is True, timeout=60, what=f"{web.ip} ready in the slice")
         for item in watched.values():

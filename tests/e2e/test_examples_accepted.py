@@ -48,3 +48,40 @@ def test_the_api_server_accepts_the_example(cluster: LocalCluster, example: Path
     objects = [doc for doc in yaml.safe_load_all(example.read_text()) if doc]
     accepted = [line for line in result.stdout.splitlines() if line.endswith("(server dry run)")]
     assert len(accepted) == len(objects), result.stdout
+
+
+#: The examples whose app pods are meant to meet the "restricted" Pod Security Standard (the
+#: sidecar examples leave the app's own container, an image they do not change, as it is).
+RESTRICTED = ("nacos-spring-cloud/orders.yaml", "aws-alb/orders.yaml", "ack-alb-ingress/tea.yaml")
+RESTRICTED_NAMESPACE = "restricted-check"
+
+
+@pytest.mark.parametrize("example", RESTRICTED)
+def test_the_examples_pods_meet_the_restricted_pod_security_standard(cluster: LocalCluster, example: str) -> None:
+    """The API server's PodSecurity admission warns about every pod template that would violate it."""
+    warnings = _restricted_warnings(cluster, example)
+    assert "PodSecurity" not in warnings, warnings
+
+
+def test_the_restricted_check_sees_a_pod_that_does_not_meet_it(cluster: LocalCluster) -> None:
+    # The sidecar example's app container is the vendor's, without a securityContext.
+    warnings = _restricted_warnings(cluster, "sidecar/native-sidecar.yaml")
+    assert 'would violate PodSecurity "restricted:v1.34"' in warnings, warnings
+    assert 'container "inventory"' in warnings, warnings
+    assert 'container "prestop"' not in warnings, warnings
+
+
+def _restricted_warnings(cluster: LocalCluster, example: str) -> str:
+    kube = cluster.kube
+    labels = {"pod-security.kubernetes.io/warn": "restricted", "pod-security.kubernetes.io/warn-version": "v1.34"}
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": RESTRICTED_NAMESPACE, "labels": labels}}
+    kube.run("create", "-f", "-", "--save-config", stdin=yaml.safe_dump(namespace), check=False)
+    deployments = [
+        {**doc, "metadata": {**doc["metadata"], "namespace": RESTRICTED_NAMESPACE}}
+        for doc in yaml.safe_load_all((REPO / "k8s-examples" / example).read_text())
+        if doc and doc["kind"] == "Deployment"
+    ]
+    assert deployments
+    result = kube.run("apply", "--dry-run=server", "-f", "-", stdin=yaml.safe_dump_all(deployments), check=False)
+    assert result.returncode == 0, result.stderr
+    return result.stderr

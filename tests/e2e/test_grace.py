@@ -1,6 +1,7 @@
 """A grace period too short for the wait: what the kubelet does at its end, and the agent's budget.
 
-Three copies of the nacos-spring-cloud example with ``terminationGracePeriodSeconds: 35``, each
+Three copies of the nacos-spring-cloud example (each in its own Nacos namespace, with a smaller
+CPU request: the node has two cores) with ``terminationGracePeriodSeconds: 35``, each
 called without pause by a client that reaches the pod by its IP (so the traffic watcher never
 sees 10 s of quiet and every wait runs to its end):
 
@@ -30,7 +31,7 @@ from localkube import poll
 
 from . import examples, workloads
 from .conftest import Scenarios, Stage
-from .observe import SIGTERM_LINES, LogTap, Watch, first, parse_stamp
+from .observe import SIGTERM_LINES, LogTap, first, parse_stamp
 
 EXAMPLE = "nacos-spring-cloud/orders.yaml"
 SERVICE = "orders"
@@ -88,6 +89,7 @@ def overlay(namespace: str, images: dict[str, str], silent_nacos: str | None) ->
         examples.patch("ConfigMap", "orders-nacos", "shop", {"data": site}),
         examples.patch("Deployment", "orders", "shop", grace),
         examples.container_patch("orders", "shop", container),
+        examples.small_cpu("orders", "shop", "orders"),
     ]
     return examples.Overlay(EXAMPLE, images, namespace=namespace, replicas={"orders": 1}, patches=patches)
 
@@ -146,8 +148,8 @@ def _start(stage: Stage, namespace: str, silent_nacos: str | None) -> tuple[int,
 
 def _end(stage: Stage, namespace: str, name: str) -> tuple[dt.datetime, LogTap, dict[str, Any]]:
     kube = stage.kube
-    log = LogTap(kube, name, namespace=namespace, into=stage.dir / f"{name}.log").attached()
-    pods = Watch(kube, "pods", namespace=namespace)
+    log = stage.tap(name, namespace=namespace)
+    pods = stage.watch("pods", namespace=namespace)
     try:
         deleted = dt.datetime.now(dt.UTC)
         kube.delete("pod", name, namespace=namespace, wait=False)

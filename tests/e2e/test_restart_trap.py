@@ -8,8 +8,9 @@ again once the app has registered; a copy without that hook stays disabled.
 
 Both copies are the example through an overlay that adds what an app with a liveness probe has
 (Spring Boot's liveness probe, and a startup probe so that a restarting app is not killed while
-it starts) and gives each copy its own Nacos namespace; the second copy also drops the postStart
-hook. The app's ``POST /liveness/broken`` makes its liveness probe fail, as a broken app would.
+it starts), gives each copy its own Nacos namespace and a smaller CPU request (the node has two
+cores); the second copy also drops the postStart hook. Both run where the "restricted" Pod
+Security Standard is enforced. The app's ``POST /liveness/broken`` makes its liveness probe fail, as a broken app would.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ def overlay(namespace: str, images: dict[str, str]) -> examples.Overlay:
         examples.patch("Secret", "orders-nacos-credentials", "shop", {"stringData": {"username": "", "password": ""}}),
         examples.patch("ConfigMap", "orders-nacos", "shop", {"data": site}),
         examples.container_patch("orders", "shop", container),
+        examples.small_cpu("orders", "shop", "orders"),
     ]
     return examples.Overlay(EXAMPLE, images, namespace=namespace, replicas={"orders": 1}, patches=patches)
 
@@ -91,7 +93,7 @@ def _restart(stage: Stage, namespace: str) -> Restart:
         timeout=180,
         what=f"{namespace}: {ip}:8080 served",
     )
-    first_log = LogTap(kube, name, namespace=namespace, into=stage.dir / f"{namespace}-first.log").attached()
+    first_log = stage.tap(name, namespace=namespace)
     broken = dt.datetime.now(dt.UTC)
     httpx.post(f"http://{ip}:8080/liveness/broken", timeout=10).raise_for_status()
     stage.say(f"{namespace}: liveness broken")

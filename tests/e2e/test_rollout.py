@@ -7,12 +7,13 @@ at a steady rate and record every call. ``kubectl rollout restart`` must then fa
 every old pod's log must hold the agent's ``deregister_finished`` before the app got SIGTERM.
 
 In the same run, a second copy of the example in its own namespace (and Nacos namespace) has
-``sleep 10`` in place of the agent, the usual fix. Its identical rollout must fail calls: proof
-that this harness sees failures when there are some (see ``traffic`` for why it always can).
+``sleep 10`` in place of the agent, the usual fix, and a smaller CPU request (the node has two
+cores). Its identical rollout must fail calls: proof that this harness sees failures when there
+are some (see ``traffic`` for why it always can).
 
-The example's pods also run in namespaces that enforce the "restricted" Pod Security Standard,
-and their processes are read on the node: non-root, no new privileges, no capabilities, and a
-read-only root filesystem, with the agent draining from inside them all the same.
+The example's processes are read on the node: non-root, no new privileges, no capabilities, and
+a read-only root filesystem, with the agent draining from inside them all the same. (The other
+scenarios run the example in namespaces that enforce the "restricted" Pod Security Standard.)
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ def overlay(namespace: str, images: dict[str, str]) -> examples.Overlay:
         site["SPRING_CLOUD_NACOS_DISCOVERY_NAMESPACE"] = nacos_namespace
         sleep = {"name": "orders", "lifecycle": {"postStart": None, "preStop": {"exec": {"command": ["sleep", "10"]}}}}
         patches.append(examples.container_patch("orders", "shop", sleep))
+        patches.append(examples.small_cpu("orders", "shop", "orders"))
     patches.append(examples.patch("ConfigMap", "orders-nacos", "shop", {"data": site}))
     return examples.Overlay(
         EXAMPLE,
@@ -85,7 +87,7 @@ def overlay(namespace: str, images: dict[str, str]) -> examples.Overlay:
 
 def _prepare(stage: Stage, namespace: str) -> tuple[set[str], list[str], traffic.Consumers]:
     kube = stage.kube
-    stage.namespace(namespace, restricted=True)
+    stage.namespace(namespace)
     example = overlay(namespace, stage.images)
     rendered = example.apply(kube, stage.dir / namespace)
     changed = examples.changed_paths(example.documents(), rendered)
@@ -118,7 +120,7 @@ def rollout(stage: Stage) -> dict[str, Rollout]:
         old[namespace] = []
         for name in names:
             pod = kube.get("pod", name, namespace=namespace)
-            log = LogTap(kube, name, namespace=namespace, into=stage.dir / f"{name}.log").attached()
+            log = stage.tap(name, namespace=namespace)
             process = container_process(stage.cluster.layout, pod["status"]["containerStatuses"][0]["containerID"])
             old[namespace].append(OldPod(name, pod["status"]["podIP"], log, process))
     time.sleep(5)  # steady calls before the rollout

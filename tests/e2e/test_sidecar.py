@@ -2,8 +2,9 @@
 
 Each example runs as users copy it, through an overlay that changes the images, the pull policy,
 the namespace, the replica count (1), where Nacos is (the sidecar's ``NACOS_SERVER_ADDR`` and the
-empty credentials of the Secret: this Nacos runs without auth), and gives the app container the
-Nacos settings of its own that the example leaves to the app. Deleting the pod must drain it
+empty credentials of the Secret: this Nacos runs without auth), lowers the app's CPU request (the
+node has two cores), and gives the app container the Nacos settings of its own that the example
+leaves to the app. Deleting the pod must drain it
 through the kubelet's ``httpGet`` to ``/prestop``: the instance leaves Nacos, the sidecar logs the
 call and the drain, and the app gets SIGTERM only after the answer.
 
@@ -79,6 +80,7 @@ def overlay(namespace: str, images: dict[str, str]) -> examples.Overlay:
         ),
         examples.container_patch(SERVICE, "shop", {"name": "prestop", "env": sidecar_env}, init=init),
         examples.container_patch(SERVICE, "shop", {"name": SERVICE, "env": app_env}),
+        examples.small_cpu(SERVICE, "shop", SERVICE),
     ]
     if namespace == FAILING:
         grace = {"spec": {"template": {"spec": {"terminationGracePeriodSeconds": FAILING_GRACE_S}}}}
@@ -101,10 +103,8 @@ def _drain(stage: Stage, namespace: str) -> Drain:
     statuses = pod["status"].get("initContainerStatuses", []) + pod["status"]["containerStatuses"]
     sidecar_id = next(s["containerID"] for s in statuses if s["name"] == "prestop")
     process = container_process(stage.cluster.layout, sidecar_id)
-    sidecar = LogTap(kube, name, namespace=namespace, container="prestop", into=stage.dir / f"{name}.prestop.log")
-    app = LogTap(kube, name, namespace=namespace, container=SERVICE, into=stage.dir / f"{name}.app.log")
-    sidecar.attached()
-    app.attached()
+    sidecar = stage.tap(name, namespace=namespace, container="prestop")
+    app = stage.tap(name, namespace=namespace, container=SERVICE)
     deleted = dt.datetime.now(dt.UTC)
     kube.delete("pod", name, namespace=namespace, wait=False)
     stage.say(f"{namespace}: deleted {name}")
@@ -184,6 +184,7 @@ def test_the_overlay_keeps_the_example(scenarios: Scenarios, namespace: str) -> 
         "Deployment/inventory.spec.template.spec.containers[inventory].image",
         "Deployment/inventory.spec.template.spec.containers[inventory].imagePullPolicy",
         "Deployment/inventory.spec.template.spec.containers[inventory].env",
+        "Deployment/inventory.spec.template.spec.containers[inventory].resources.requests.cpu",
         "Deployment/inventory.spec.template.spec.containers[prestop].image",
         "Deployment/inventory.spec.template.spec.containers[prestop].imagePullPolicy",
         "Deployment/inventory.spec.template.spec.containers[prestop].env[NACOS_SERVER_ADDR]",
