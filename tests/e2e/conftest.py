@@ -53,7 +53,8 @@ STOP_TIMEOUT_S = 300.0
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "e2e: runs in a real Kubernetes cluster started on this machine")
     config.addinivalue_line(
-        "markers", "scenario(fn): the test asserts on what fn(stage) observed; every selected scenario runs at once"
+        "markers",
+        "scenario(fn, alone=False): the test asserts on what fn(stage) observed; selected scenarios run side by side",
     )
 
 
@@ -318,22 +319,48 @@ class Scenarios:
 def scenarios(
     request: pytest.FixtureRequest, cluster: LocalCluster, nacos_ip: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Scenarios]:
+    """Run the selected scenarios: those marked ``alone=True`` first, one at a time, then the rest at once.
+
+    Java apps start slowly on two cores, and a dozen at once starve each other and Nacos (a start
+    took three minutes): the rollout, whose callers' timing matters, gets the machine to itself.
+    """
     wanted: dict[str, Callable[[Stage], Any]] = {}
+    alone: list[str] = []
     for item in request.session.items:
         for marker in item.iter_markers("scenario"):
-            wanted[marker.args[0].__name__] = marker.args[0]
+            name = marker.args[0].__name__
+            wanted[name] = marker.args[0]
+            if marker.kwargs.get("alone") and name not in alone:
+                alone.append(name)
     images = {name: cluster.image(name) for name in SCENARIO_IMAGES}
     stages = {
         name: Stage(name, cluster, nacos_ip, images, tmp_path_factory.mktemp(name, numbered=False)) for name in wanted
     }
+    turns = {name: threading.Event() for name in alone}
+    together = threading.Event()
+    if not alone:
+        together.set()
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(wanted)), thread_name_prefix="scenario") as pool:
-        futures = {name: pool.submit(_play, run, stages[name]) for name, run in wanted.items()}
+        futures = {}
+        for index, name in enumerate(alone):
+            after = turns[alone[index - 1]] if index else None
+            done = turns[name] if index + 1 < len(alone) else together
+            futures[name] = pool.submit(_play, wanted[name], stages[name], after, done)
+        for name, run in wanted.items():
+            if name not in alone:
+                futures[name] = pool.submit(_play, run, stages[name], together, None)
         yield Scenarios(futures, stages)
         # Leaving waits for every scenario: none may still act on the cluster while it stops.
 
 
-def _play(scenario: Callable[[Stage], T], stage: Stage) -> T:
+def _play(
+    scenario: Callable[[Stage], T], stage: Stage, after: threading.Event | None, done: threading.Event | None
+) -> T:
+    if after is not None:
+        after.wait()
     try:
         return scenario(stage)
     finally:
         stage.close()
+        if done is not None:
+            done.set()

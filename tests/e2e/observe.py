@@ -67,28 +67,85 @@ SIGTERM_LINES = ("De-registering from Nacos Server now", "Commencing graceful sh
 
 
 class LogTap:
-    """``kubectl logs -f --timestamps`` of one container into a file, until the container ends."""
+    """``kubectl logs -f --timestamps`` of one container into a file, until that container ends.
+
+    A stream can break while the container still runs (``rpc error: ... DeadlineExceeded`` on a busy
+    node): it is then followed again from the last line's time, and lines already kept are skipped.
+    """
 
     def __init__(self, kube: Kube, pod: str, *, namespace: str, into: Path, container: str | None = None) -> None:
         self.kube, self.pod, self.namespace, self.container, self.path = kube, pod, namespace, container, into
-        self.process = kube.follow_logs(pod, namespace=namespace, into=into, container=container)
+        self.breaks: list[str] = []  # what kubectl said when a stream ended early
+        self._container_id = self._status().get("containerID")
+        self._ended = threading.Event()
+        self._stopping = threading.Event()
+        self._process: subprocess.Popen[str] | None = None
+        self._thread = threading.Thread(target=self._follow, daemon=True)
+        self._thread.start()
+
+    def _status(self) -> dict[str, Any]:
+        """The followed container's status; empty once the pod is gone."""
+        result = self.kube.run("get", "pod", self.pod, "-n", self.namespace, "-o", "json", check=False)
+        if result.returncode != 0:
+            return {}
+        status = json.loads(result.stdout).get("status", {})
+        statuses = status.get("initContainerStatuses", []) + status.get("containerStatuses", [])
+        for item in statuses:
+            if self.container in (None, item["name"]):
+                found: dict[str, Any] = item
+                return found
+        return {}
+
+    def _over(self) -> bool:
+        """Whether the container followed has ended: gone, terminated, or replaced by a restart."""
+        status = self._status()
+        return not status or status.get("containerID") != self._container_id or "terminated" in status.get("state", {})
+
+    def _follow(self) -> None:
+        seen: set[str] = set()
+        since: str | None = None
+        with self.path.open("a") as out:
+            while not self._stopping.is_set():
+                args = [str(self.kube.kubectl), f"--kubeconfig={self.kube.kubeconfig}", "logs", "-f", "--timestamps"]
+                args += [self.pod, "-n", self.namespace] + (["-c", self.container] if self.container else [])
+                args += [f"--since-time={since}"] if since else []
+                self._process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                assert self._process.stdout is not None
+                for line in self._process.stdout:
+                    stamp = line.partition(" ")[0]
+                    if not (stamp.endswith("Z") and "T" in stamp):
+                        self.breaks.append(line.strip())
+                    elif line not in seen:
+                        seen.add(line)
+                        since = stamp
+                        out.write(line)
+                        out.flush()
+                self._process.wait()
+                self._process.stdout.close()
+                if self._stopping.is_set() or self._over():
+                    break
+                time.sleep(0.5)  # the kubelet may not have reported the end yet
+        self._ended.set()
 
     def attached(self, timeout: float = 60.0) -> LogTap:
         """Wait until the stream has delivered the log so far (every container here has logged by then)."""
         poll(lambda: self.path.stat().st_size > 0, timeout=timeout, what=f"kubectl logs -f {self.pod} attached")
         return self
 
+    def ended(self) -> bool:
+        return self._ended.is_set()
+
     def wait(self, timeout: float) -> None:
-        """Wait until the container has ended (the stream closes with it)."""
-        try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired as exc:
-            raise HarnessError(f"{self.pod}/{self.container or ''}: still running after {timeout:.0f} s") from exc
+        """Wait until the container has ended."""
+        if not self._ended.wait(timeout):
+            raise HarnessError(f"{self.pod}/{self.container or ''}: still running after {timeout:.0f} s")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
+        self._stopping.set()
+        process = self._process
+        if process is not None and process.poll() is None:
+            process.terminate()
+        self._thread.join(timeout=30)
 
     def text(self) -> str:
         return self.path.read_text(errors="replace")

@@ -18,7 +18,9 @@ sees 10 s of quiet and every wait runs to its end):
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import datetime as dt
+import functools
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -27,7 +29,7 @@ from typing import Any
 import pytest
 import yaml
 
-from localkube import poll
+from localkube import HarnessError, Kube, poll
 
 from . import examples, workloads
 from .conftest import Scenarios, Stage
@@ -174,6 +176,10 @@ def _terminated(pod: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
+def _failed_hook(kube: Kube, namespace: str, name: str) -> bool:
+    return any(e["reason"] == "FailedPreStopHook" for e in kube.events(namespace, involving=name))
+
+
 def grace(stage: Stage) -> dict[str, Ending]:
     kube = stage.kube
     for namespace in (SHORT, MATCHED, HUNG, CALLERS):
@@ -198,6 +204,9 @@ def grace(stage: Stage) -> dict[str, Ending]:
         for namespace, future in ends.items():
             deleted, log, terminated = future.result()
             check_exit, check_output, name, _ = started[namespace]
+            # The kubelet records events on its own time: give the hook's a moment to arrive.
+            with contextlib.suppress(HarnessError):
+                poll(functools.partial(_failed_hook, kube, namespace, name), timeout=30, what="FailedPreStopHook")
             events = kube.events(namespace, involving=name)
             stage.say(f"{namespace}: {terminated}; events {[(e['reason'], e.get('message')) for e in events]}")
             results[namespace] = Ending(namespace, check_exit, check_output, name, deleted, log, terminated, events)

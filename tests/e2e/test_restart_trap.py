@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
-from localkube import Kube, poll
+from localkube import HarnessError, Kube, poll
 
 from . import examples, workloads
 from .conftest import Scenarios, Stage
@@ -95,20 +95,24 @@ def _restart(stage: Stage, namespace: str) -> Restart:
     )
     first_log = stage.tap(name, namespace=namespace)
     broken = dt.datetime.now(dt.UTC)
-    httpx.post(f"http://{ip}:8080/liveness/broken", timeout=10).raise_for_status()
+    httpx.post(f"http://{ip}:8080/liveness/broken", timeout=60).raise_for_status()
     stage.say(f"{namespace}: liveness broken")
     left = served_again = registered_again = disabled_until = None
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         now = dt.datetime.now(dt.UTC)
-        served = endpoint in workloads.served(stage.nacos_ip, SERVICE, namespace)
-        registered = workloads.registered(stage.nacos_ip, SERVICE, namespace)
+        try:
+            served = endpoint in workloads.served(stage.nacos_ip, SERVICE, namespace)
+            registered = workloads.registered(stage.nacos_ip, SERVICE, namespace)
+        except HarnessError:  # a busy Nacos: ask again
+            time.sleep(0.5)
+            continue
         if left is None:
             left = now if not served else None
         elif served:
             served_again = now
             break
-        elif first_log.process.poll() is not None and endpoint in registered:
+        elif first_log.ended() and endpoint in registered:
             registered_again = registered_again or now
             if registered[endpoint] is False:
                 disabled_until = now

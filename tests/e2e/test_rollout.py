@@ -147,7 +147,7 @@ def rollout(stage: Stage) -> dict[str, Rollout]:
     return results
 
 
-pytestmark = [pytest.mark.e2e, pytest.mark.scenario.with_args(rollout)]
+pytestmark = [pytest.mark.e2e, pytest.mark.scenario.with_args(rollout, alone=True)]
 
 
 def test_the_overlay_changes_only_images_pull_policy_and_site_values(scenarios: Scenarios) -> None:
@@ -168,8 +168,9 @@ def test_a_rollout_with_the_agent_fails_no_call(scenarios: Scenarios) -> None:
     result: Rollout = scenarios.result(rollout)[AGENT]
     old_ips = {pod.ip for pod in result.old}
     for name, summary in result.summaries.items():
-        # A steady rate all along: at least 80 % of the calls due, none lost from the record.
-        assert summary["calls"] >= 0.8 * traffic.RATE * (result.ended_s - result.started_s), (name, summary)
+        # Calls all along (no pause over 3 s, most of those due at the rate), none lost from the record.
+        assert summary["calls"] >= 0.6 * traffic.RATE * (result.ended_s - result.started_s), (name, summary)
+        assert summary["longest_pause_s"] <= 3, (name, summary)
         assert not summary["lost"], (name, summary["lost"][:20])
         # The calls moved from the old pods to the new ones.
         assert old_ips <= set(summary["hosts"]), (name, summary["hosts"])

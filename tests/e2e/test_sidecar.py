@@ -16,6 +16,7 @@ records for each is the observation README.md and the sidecar README report.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import datetime as dt
 import time
 from dataclasses import dataclass
@@ -80,8 +81,9 @@ def overlay(namespace: str, images: dict[str, str]) -> examples.Overlay:
         ),
         examples.container_patch(SERVICE, "shop", {"name": "prestop", "env": sidecar_env}, init=init),
         examples.container_patch(SERVICE, "shop", {"name": SERVICE, "env": app_env}),
-        examples.small_cpu(SERVICE, "shop", SERVICE),
     ]
+    if init:  # the native example asks 250m CPU for the app; the classic one asks nothing
+        patches.append(examples.small_cpu(SERVICE, "shop", SERVICE))
     if namespace == FAILING:
         grace = {"spec": {"template": {"spec": {"terminationGracePeriodSeconds": FAILING_GRACE_S}}}}
         patches.append(examples.patch("Deployment", SERVICE, "shop", grace))
@@ -111,8 +113,9 @@ def _drain(stage: Stage, namespace: str) -> Drain:
     left: dt.datetime | None = None
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and left is None:
-        if (ip, 8080) not in workloads.served(stage.nacos_ip, SERVICE, NACOS_NAMESPACE):
-            left = dt.datetime.now(dt.UTC)
+        with contextlib.suppress(HarnessError):  # a busy Nacos: ask again
+            if (ip, 8080) not in workloads.served(stage.nacos_ip, SERVICE, NACOS_NAMESPACE):
+                left = dt.datetime.now(dt.UTC)
         time.sleep(0.2)
     app.wait(timeout=180)
     sidecar.wait(timeout=180)
@@ -221,8 +224,9 @@ def test_delete_pod_drains_through_the_kubelets_http_get(scenarios: Scenarios, n
     assert drain.left_nacos < finished_at + dt.timedelta(seconds=1)
     sigterm = first(drain.app.lines(), *SIGTERM_LINES)
     assert sigterm is not None, drain.app.text()
-    # The kubelet held the app's SIGTERM until /prestop answered.
-    assert max(moment for moment, _ in calls) <= sigterm, (calls, sigterm)
+    # The kubelet held the app's SIGTERM until /prestop answered (both calls get the one drain's answer).
+    assert finished_at <= sigterm, (finished_at, sigterm)
+    assert min(moment for moment, _ in calls) <= sigterm, (calls, sigterm)
     assert drain.left_nacos < sigterm
     assert not [e for e in drain.events if e["reason"] == "FailedPreStopHook"], drain.events
 

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import yaml
 
+from localkube import HarnessError
 from localkube.layout import REPO
 
 NACOS_NAMESPACE = "nacos"
@@ -112,30 +113,32 @@ def provider(image: str, namespace: str, *, replicas: int = 1) -> str:
     return yaml.safe_dump_all(objects, sort_keys=False)
 
 
+def _nacos_get(nacos_ip: str, path: str, params: dict[str, str | int]) -> httpx.Response:
+    """A GET to the Nacos pod; a timeout or transport error is a HarnessError, which ``poll`` retries."""
+    try:
+        return httpx.get(f"http://{nacos_ip}:8848/nacos{path}", params=params, timeout=10)
+    except httpx.HTTPError as exc:
+        raise HarnessError(f"Nacos {path}: {type(exc).__name__}: {exc}") from exc
+
+
 def served(nacos_ip: str, service: str, namespace: str = "public") -> set[tuple[str, int]]:
     """ip:port pairs the Nacos pod serves to consumers for a service (enabled and healthy only)."""
-    response = httpx.get(
-        f"http://{nacos_ip}:8848/nacos/v1/ns/instance/list",
-        params={"serviceName": service, "healthyOnly": "true", "namespaceId": namespace},
-        timeout=5,
-    )
+    params: dict[str, str | int] = {"serviceName": service, "healthyOnly": "true", "namespaceId": namespace}
+    response = _nacos_get(nacos_ip, "/v1/ns/instance/list", params)
     response.raise_for_status()
     return {(h["ip"], int(h["port"])) for h in response.json().get("hosts", []) if h.get("enabled", True)}
 
 
 def registered(nacos_ip: str, service: str, namespace: str = "public") -> dict[tuple[str, int], bool]:
     """Every instance Nacos holds for a service, disabled ones included: ip:port -> enabled."""
-    response = httpx.get(
-        f"http://{nacos_ip}:8848/nacos/v1/ns/catalog/instances",
-        params={
-            "serviceName": service,
-            "namespaceId": namespace,
-            "clusterName": "DEFAULT",
-            "pageNo": 1,
-            "pageSize": 100,
-        },
-        timeout=5,
-    )
+    params: dict[str, str | int] = {
+        "serviceName": service,
+        "namespaceId": namespace,
+        "clusterName": "DEFAULT",
+        "pageNo": 1,
+        "pageSize": 100,
+    }
+    response = _nacos_get(nacos_ip, "/v1/ns/catalog/instances", params)
     if response.status_code == 404:  # no such service (yet, or any more)
         return {}
     response.raise_for_status()
