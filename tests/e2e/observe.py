@@ -76,6 +76,7 @@ class LogTap:
     def __init__(self, kube: Kube, pod: str, *, namespace: str, into: Path, container: str | None = None) -> None:
         self.kube, self.pod, self.namespace, self.container, self.path = kube, pod, namespace, container, into
         self.breaks: list[str] = []  # what kubectl said when a stream ended early
+        into.touch()
         self._container_id = self._status().get("containerID")
         self._ended = threading.Event()
         self._stopping = threading.Event()
@@ -89,7 +90,7 @@ class LogTap:
         if result.returncode != 0:
             return {}
         status = json.loads(result.stdout).get("status", {})
-        statuses = status.get("initContainerStatuses", []) + status.get("containerStatuses", [])
+        statuses = status.get("containerStatuses", []) + status.get("initContainerStatuses", [])
         for item in statuses:
             if self.container in (None, item["name"]):
                 found: dict[str, Any] = item
