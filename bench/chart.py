@@ -17,7 +17,7 @@ LABELS = {"ok": "ok", "5xx": "HTTP 5xx", "conn_error": "connection error", "othe
 PHASE_SHADES = ("#eef3fb", "#fbf3e8")
 
 
-def draw(  # noqa: PLR0912 - one figure, drawn top to bottom
+def draw(  # noqa: PLR0912, PLR0915 - one figure, drawn top to bottom
     result: dict[str, Any], outcomes: Sequence[tuple[float, str, str]], png: Path, began: float
 ) -> None:
     """outcomes: (seconds since began, kind, "ip:port" of the instance chosen)."""
@@ -58,7 +58,7 @@ def draw(  # noqa: PLR0912 - one figure, drawn top to bottom
     for row in result["strategies"]:
         mid = (row["started"] + row["settled"]) / 2 - began
         failed = row["failed"]
-        text = f"{row['strategy']}\nfailed {failed}\nrollout {row['rollout_s']:.0f} s"
+        text = f"{row['strategy']}\n{row.get('consumer', 'cached')}\nfailed {failed}\nrollout {row['rollout_s']:.0f} s"
         ax_rate.text(
             mid,
             top * 0.97,
@@ -70,10 +70,12 @@ def draw(  # noqa: PLR0912 - one figure, drawn top to bottom
             fontweight="bold",
         )
     ax_rate.legend(loc="lower left", fontsize=8, ncol=4, framealpha=0.9)
+    consumers = result["settings"].get("consumers", {"cached": ""})
+    through = {"cached": "35 s cache", "push": "cache off, following Nacos pushes"}
     ax_rate.set_title(
         f"Rolling update of {result['settings']['providers']} providers, consumer at "
-        f"{result['settings']['rate_per_s']} req/s through Spring Cloud LoadBalancer (35 s cache) "
-        f"- {result['date'][:10]}",
+        f"{result['settings']['rate_per_s']} req/s through Spring Cloud LoadBalancer "
+        f"({'; then '.join(through.get(c, c) for c in consumers)}) - {result['date'][:10]}",
         fontsize=11,
     )
 

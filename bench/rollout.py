@@ -1,10 +1,14 @@
 """Rolling-update benchmark: the preStop strategies people use today against prestop-agent.
 
 On one machine, with real processes only: a real Nacos server (the localnacos harness), three
-instances of a Spring Boot provider registered over gRPC, and one Spring Cloud consumer that
-calls them through Nacos discovery and Spring Cloud LoadBalancer (default 35 s cache) at a
-steady rate and records every outcome. For each strategy the providers are rolled one at a time
-the way a Deployment with maxSurge 1 / maxUnavailable 0 and the kubelet do it:
+instances of a Spring Boot provider registered over gRPC, and a Spring Cloud consumer that
+calls them through Nacos discovery and Spring Cloud LoadBalancer at a steady rate and records
+every outcome. Two consumers, one after the other (``--consumers``): ``cached``, the
+LoadBalancer's defaults (instance lists cached 35 s), and ``push``, the same app with the
+LoadBalancer cache off, so every call picks from the Nacos client's own list, which the server
+updates by push (as Dubbo consumers and Spring Cloud apps without the cache do). For each
+strategy the providers are rolled one at a time the way a Deployment with maxSurge 1 /
+maxUnavailable 0 and the kubelet do it:
 
 1. start a replacement (new loopback IP, new port) and wait until it is registered and answers;
 2. delete one old pod: run its preStop hook to completion or until the grace period, then
@@ -16,7 +20,9 @@ the way a Deployment with maxSurge 1 / maxUnavailable 0 and the kubelet do it:
 After the last old pod is gone the benchmark waits ``--settle`` seconds (longer than the
 consumer's cache) so that failures caused by a strategy are counted against it, plus a random
 part (``--jitter``) so that no roll starts at the same point of the consumer's cache cycle as
-the one before, then rolls again with the next strategy. Run ``bench/run --help`` for the options.
+the one before, then rolls again with the next strategy. Strategies that run the agent roll
+``--agent-rolls`` times (default 3) so that their medians can be compared. Run
+``bench/run --help`` for the options.
 """
 
 from __future__ import annotations
@@ -25,11 +31,9 @@ import argparse
 import contextlib
 import datetime as dt
 import json
-import os
 import random
 import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -40,6 +44,7 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path.insert(0, str(REPO))  # the localnacos harness lives next to the package, not in it
 
+from consumers import CONSUMERS, PUSH_SETTLE_S, start_consumer, stop_consumer, wait_consumer_sees  # noqa: E402
 from pods import (  # noqa: E402
     JVM_FLAGS,
     STARTUP_TIMEOUT_S,
@@ -47,12 +52,13 @@ from pods import (  # noqa: E402
     Nacos,
     Pod,
     http_get,
-    java_command,
-    spawn,
 )
 from summary import (  # noqa: E402
+    Outcome,
     Phase,
     Strategy,
+    compare,
+    comparison_table,
     machine,
     outcomes_as_rows,
     read_outcomes,
@@ -160,42 +166,11 @@ def nacos_version(addr: str) -> str | None:
     return None
 
 
-# -- the consumer -----------------------------------------------------------------------------------
-
-
-def start_consumer(jar: Path, nacos: Nacos, run_dir: Path, rate: int) -> tuple[subprocess.Popen[bytes], Path]:
-    out = run_dir / "consumer.jsonl"
-    home = run_dir / "consumer"
-    home.mkdir(parents=True, exist_ok=True)
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(home),
-        "LANG": "C.UTF-8",
-        "SPRING_CLOUD_NACOS_DISCOVERY_SERVER_ADDR": nacos.addr,
-        "BENCH_OUT": str(out),
-        "BENCH_RATE": str(rate),
-    }
-    return spawn(java_command(jar, home), env=env, log=run_dir / "consumer.log", cwd=home), out
-
-
-def wait_consumer_sees(out: Path, pods: Sequence[Pod], proc: subprocess.Popen[bytes], timeout: float) -> None:
-    want = {(p.ip, p.port) for p in pods}
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the consumer exited with {proc.returncode}")
-        recent = [o for o in read_outcomes(out)[-500:] if o.kind == "ok"]
-        if want <= {(o.host, o.port) for o in recent}:
-            return
-        time.sleep(1.0)
-    raise RuntimeError("the consumer never reached every provider")
-
-
 # -- one roll per strategy --------------------------------------------------------------------------
 
 
-def roll(cluster: Cluster, pods: list[Pod], strategy: Strategy, rolls: int) -> tuple[Phase, list[Pod]]:
-    phase = Phase(strategy, time.time())
+def roll(cluster: Cluster, pods: list[Pod], strategy: Strategy, rolls: int, consumer: str) -> tuple[Phase, list[Pod]]:
+    phase = Phase(strategy, time.time(), consumer=consumer)
     threads: list[threading.Thread] = []
     errors: list[BaseException] = []
     old = list(pods)
@@ -245,6 +220,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--rolls", type=int, default=0, help="old pods replaced per strategy (default: all)")
     p.add_argument("--rate", type=int, default=50, help="consumer requests per second (default 50)")
     p.add_argument(
+        "--consumers",
+        default=",".join(CONSUMERS),
+        help="comma-separated, in order: cached (35 s LoadBalancer cache), push (cache off; follows Nacos pushes)",
+    )
+    p.add_argument(
+        "--agent-rolls",
+        type=int,
+        default=3,
+        help="rolls of each strategy that runs the agent, per consumer, for medians (default 3; others roll once)",
+    )
+    p.add_argument(
         "--settle",
         type=float,
         default=40.0,
@@ -267,7 +253,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     unknown = [s for s in args.strategies.split(",") if s not in STRATEGIES]
     if unknown:
         p.error(f"unknown strategies {unknown}; known: {DEFAULT_STRATEGIES}")
+    strange = [c for c in args.consumers.split(",") if c not in CONSUMERS]
+    if strange:
+        p.error(f"unknown consumers {strange}; known: {', '.join(CONSUMERS)}")
     return args
+
+
+def rolls_of(strategy: Strategy, agent_rolls: int) -> int:
+    return agent_rolls if strategy.hook == agent_hook() else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0915 - the run, top to bottom
@@ -290,6 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0915 - the run, 
     provider_jar, consumer_jar = build_apps()
     began = time.time()
     phases: list[Phase] = []
+    outcomes: dict[str, list[Outcome]] = {}
     try:
         log(f"run directory {run_dir}")
         with nacos_server(args.nacos, args.nacos_major) as nacos:
@@ -300,27 +294,34 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0915 - the run, 
             for pod in pods:
                 cluster.wait_ready(pod)
             log(f"{len(pods)} providers ready: {', '.join(f'{p.ip}:{p.port}' for p in pods)}")
-            consumer, out = start_consumer(consumer_jar, nacos, run_dir, args.rate)
-            wait_consumer_sees(out, pods, consumer, timeout=STARTUP_TIMEOUT_S)
-            log(f"consumer calls every provider at {args.rate}/s")
-            time.sleep(5.0 + jitter.uniform(0.0, args.jitter))
-            for strategy in strategies:
-                log(f"rolling with: {strategy.label}")
-                for pod in pods:  # the hook a pod runs is the one in the spec it was started with
-                    pod.env = cluster.pod_env(pod.name, pod.ip, pod.port, strategy)
-                phase, pods = roll(cluster, pods, strategy, rolls)
-                settle = args.settle + jitter.uniform(0.0, args.jitter)
-                log(f"  rollout took {phase.ended - phase.started:.1f} s; settling {settle:.0f} s")
-                time.sleep(settle)
-                phase.settled = time.time()
-                phases.append(phase)
-                if consumer.poll() is not None:
-                    raise RuntimeError(f"the consumer exited with {consumer.returncode}")
-            outcomes = read_outcomes(out)
+            for kind in args.consumers.split(","):
+                consumer, out = start_consumer(consumer_jar, nacos, run_dir, args.rate, kind)
+                wait_consumer_sees(out, pods, consumer, timeout=STARTUP_TIMEOUT_S)
+                log(f"{kind} consumer calls every provider at {args.rate}/s")
+                time.sleep(5.0 + (jitter.uniform(0.0, args.jitter) if kind == "cached" else 0.0))
+                for strategy in strategies:
+                    for attempt in range(rolls_of(strategy, args.agent_rolls)):
+                        log(f"rolling with: {strategy.label} ({kind} consumer, roll {attempt + 1})")
+                        for pod in pods:  # the hook a pod runs is the one in the spec it was started with
+                            pod.env = cluster.pod_env(pod.name, pod.ip, pod.port, strategy)
+                        phase, pods = roll(cluster, pods, strategy, rolls, kind)
+                        if kind == "cached":
+                            settle = args.settle + jitter.uniform(0.0, args.jitter)
+                        else:
+                            settle = PUSH_SETTLE_S + jitter.uniform(0.0, 5.0)
+                        log(f"  rollout took {phase.ended - phase.started:.1f} s; settling {settle:.0f} s")
+                        time.sleep(settle)
+                        phase.settled = time.time()
+                        phases.append(phase)
+                        if consumer.poll() is not None:
+                            raise RuntimeError(f"the {kind} consumer exited with {consumer.returncode}")
+                stop_consumer(consumer)
+                outcomes[kind] = read_outcomes(out)
     finally:
         stop_all()
 
-    rows = [summarize(p, outcomes) for p in phases]
+    rows = [summarize(p, outcomes.get(p.consumer, [])) for p in phases]
+    comparison = compare(rows)
     result = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
@@ -333,23 +334,28 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0915 - the run, 
             "settle_jitter_s": args.jitter,
             "seed": args.seed,
             "jvm_flags": list(JVM_FLAGS),
-            "consumer": "Spring Cloud LoadBalancer defaults: round robin, 35 s cache (Caffeine), no retries",
+            "consumers": {kind: CONSUMERS[kind] for kind in args.consumers.split(",")},
+            "agent_rolls": args.agent_rolls,
         },
         "total_s": round(time.time() - began, 1),
         "run_dir": str(run_dir.relative_to(REPO)) if run_dir.is_relative_to(REPO) else str(run_dir),
         "strategies": rows,
+        "comparison": comparison,
     }
     args.results.mkdir(parents=True, exist_ok=True)
     json_path = args.results / f"{stem}.json"
     json_path.write_text(json.dumps(result, indent=2) + "\n")
     print(table(rows))
+    print()
+    print(comparison_table(comparison))
     print(f"\nresults: {json_path}")
     if not args.no_chart:
         from chart import draw
 
         png = args.results / f"{stem}.png"
         origin = phases[0].started - 15.0 if phases else began
-        draw(result, outcomes_as_rows(outcomes, origin), png, origin)
+        every = sorted((o for kind in outcomes.values() for o in kind), key=lambda o: o.t)
+        draw(result, outcomes_as_rows(every, origin), png, origin)
         print(f"chart:   {png}")
     return 0
 

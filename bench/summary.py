@@ -9,6 +9,7 @@ import os
 import platform
 import re
 import shutil
+import statistics
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,6 +48,7 @@ class Termination:
 class Phase:
     strategy: Strategy
     started: float
+    consumer: str = "cached"
     ended: float = 0.0  # the last old pod is gone
     settled: float = 0.0  # end of the window failures are counted in
     terminations: list[Termination] = dataclasses.field(default_factory=list)
@@ -114,6 +116,7 @@ def summarize(phase: Phase, outcomes: Sequence[Outcome]) -> dict[str, Any]:
     s = phase.strategy
     return {
         "strategy": s.name,
+        "consumer": phase.consumer,
         "label": s.label,
         "grace_s": s.grace_s,
         "hook": [_repo_relative(a) for a in s.hook] if s.hook else None,
@@ -148,8 +151,66 @@ def _round(value: float | None, digits: int = 1) -> float | None:
     return None if value is None else round(value, digits)
 
 
+def median(values: Sequence[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def compare(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per consumer and strategy, over its rolls: failures, per-pod preStop and rollout (each, and the median),
+    and the agent strategies' median rollout and preStop as a ratio of the seed 001 script's."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row.get("consumer", "cached"), row["strategy"]), []).append(row)
+    out: list[dict[str, Any]] = []
+    for (consumer, strategy), group in groups.items():
+        prestops = [t["prestop_s"] for r in group for t in r["terminations"]]
+        rollouts = [r["rollout_s"] for r in group]
+        out.append(
+            {
+                "consumer": consumer,
+                "strategy": strategy,
+                "rolls": len(group),
+                "failed": sum(r["failed"] for r in group),
+                "requests": sum(r["requests"] for r in group),
+                "prestop_s": [round(p, 2) for p in prestops],
+                "prestop_median_s": _round(median(prestops), 2),
+                "rollout_s": rollouts,
+                "rollout_median_s": _round(median(rollouts), 2),
+                "hook_cpu_median_s": _round(
+                    median([t["hook_cpu_s"] for r in group for t in r["terminations"] if t["hook_cpu_s"] is not None]),
+                    3,
+                ),
+                "hook_peak_rss_max_mib": max((r["hook_peak_rss_mib"] or 0.0 for r in group), default=None) or None,
+            }
+        )
+    for entry in out:
+        base = next((e for e in out if e["consumer"] == entry["consumer"] and e["strategy"] == "seed001"), None)
+        for key in ("rollout", "prestop"):
+            ours, theirs = entry[f"{key}_median_s"], base and base[f"{key}_median_s"]
+            entry[f"{key}_vs_seed001"] = round(ours / theirs, 2) if ours is not None and theirs else None
+    return out
+
+
+def comparison_table(entries: Sequence[dict[str, Any]]) -> str:
+    head = ("consumer", "strategy", "rolls", "failed", "preStop per pod (median)", "rollouts (median)", "vs seed001")
+    lines = [
+        (
+            e["consumer"],
+            e["strategy"],
+            str(e["rolls"]),
+            str(e["failed"]),
+            f"{', '.join(f'{p:.1f}' for p in e['prestop_s'])} ({_fmt(e['prestop_median_s'], ' s')})",
+            f"{', '.join(f'{r:.1f}' for r in e['rollout_s'])} ({_fmt(e['rollout_median_s'], ' s')})",
+            "-" if e["rollout_vs_seed001"] is None else f"{e['rollout_vs_seed001']}x rollout",
+        )
+        for e in entries
+    ]
+    return _markdown(head, lines)
+
+
 def table(rows: Sequence[dict[str, Any]]) -> str:
     head = (
+        "consumer",
         "strategy",
         "requests",
         "5xx",
@@ -165,6 +226,7 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
     for r in rows:
         lines.append(
             (
+                r.get("consumer", "cached"),
                 r["strategy"],
                 str(r["requests"]),
                 str(r["status_5xx"]),
@@ -177,6 +239,10 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
                 _fmt(r["hook_peak_rss_mib"], " MiB"),
             )
         )
+    return _markdown(head, lines)
+
+
+def _markdown(head: Sequence[str], lines: Sequence[Sequence[str]]) -> str:
     widths = [max(len(str(c)) for c in col) for col in zip(head, *lines, strict=True)]
     out = ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)) + " |"]
     out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")

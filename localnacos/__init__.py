@@ -2,9 +2,10 @@
 
 In the order a test uses them: ``machine`` (cache directory, free ports, process groups),
 ``maven`` (cached builds of the Java programs), ``server`` (a Nacos server process),
-``instances`` (instances registered over gRPC or HTTP).
+``instances`` (instances registered over gRPC or HTTP), ``dubbo`` (a Dubbo 3 provider).
 """
 
+from localnacos.dubbo import DubboProvider
 from localnacos.instances import HttpInstance, JavaInstance
 from localnacos.machine import HarnessError, Lifecycle, cache_dir, free_port, port_free, wait_until
 from localnacos.maven import build, java_available
@@ -25,6 +26,7 @@ __all__ = [
     "SERVER_AUTH_SUPPORT",
     "SERVER_VERSIONS",
     "AuthUnavailableError",
+    "DubboProvider",
     "HarnessError",
     "HttpInstance",
     "JavaInstance",

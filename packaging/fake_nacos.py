@@ -5,7 +5,8 @@ fallback where that cannot run (no JDK), with the same interface: ``export NAME=
 the agent's settings, a line ``# ready``, then it serves until killed. It knows one service with
 one registered instance and answers the v1 naming calls the agent makes, in the reply shapes of
 localnacos/RESPONSES.md: the catalog list (disabled instances included), the served list (enabled
-ones only), the service list and the instance update. Standard library only; binds 127.0.0.1.
+ones only), the service list, the scan of services with their instances (2.0.x has no client
+list: 404) and the instance update. Standard library only; binds 127.0.0.1.
 
     python3 packaging/fake_nacos.py [--port N] [--service NAME] [--ip IP] [--instance-port N]
 """
@@ -99,6 +100,11 @@ def make_handler(reg: Registry) -> type[BaseHTTPRequestHandler]:
                     )
                 elif path == "/nacos/v1/ns/service/list":
                     self._reply(200, json.dumps({"count": 1, "doms": [reg.service]}))
+                elif path == "/nacos/v1/ns/catalog/services" and params.get("withInstances") == "true":
+                    first = params.get("pageNo", "1") == "1" and params.get("namespaceId", "public") == "public"
+                    hosts = {CLUSTER: {"hosts": [reg.host()]}}
+                    found = [{"serviceName": reg.service, "groupName": GROUP, "clusterMap": hosts}] if first else []
+                    self._reply(200, json.dumps(found))
                 else:
                     self._not_found(path)
 

@@ -1,3 +1,3 @@
-from prestop_agent.cli import main
+from prestop_agent.launch import main
 
 main()

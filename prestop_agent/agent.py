@@ -6,133 +6,45 @@ Nothing here reads the environment or exits the process: the CLI builds ``Settin
 
 from __future__ import annotations
 
-import contextlib
 import signal
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 
-import httpx
 import structlog
 
-from prestop_agent.clock import Clock, Deadline
+from prestop_agent.clock import Deadline
 from prestop_agent.config import Settings
-from prestop_agent.errors import (
-    AuthError,
-    BudgetExhausted,
-    InstanceNotFound,
-    Interrupted,
-    PrestopError,
-    RegistryError,
+from prestop_agent.drain import CONSUMERS_OF_AN_EMPTY_SERVICE, DrainSet, last_instances
+from prestop_agent.dubbo import is_dubbo, qos_command
+from prestop_agent.errors import AuthError, BudgetExhausted, InstanceNotFound, Interrupted, RegistryError
+from prestop_agent.nacos.model import Registration
+from prestop_agent.nacos.registry import Registry
+from prestop_agent.run import (
+    Deps,
+    Report,
+    endpoint_of,
+    find_registrations,
+    make_registry,
+    primary,
+    registrations_data,
+    target_of,
 )
-from prestop_agent.logs import RunClock, Secrets
-from prestop_agent.nacos.model import ServiceKey, format_endpoint
-from prestop_agent.nacos.registry import Located, Registry
-from prestop_agent.nacos.server import Credentials, NacosServer
-from prestop_agent.wait import wait_until_gone
+from prestop_agent.status import run_status
+from prestop_agent.wait import WatchResult, wait_until_gone
 from prestop_agent.watchers import catalog
-from prestop_agent.watchers.base import PodTarget, Verdict, WatchContext
+from prestop_agent.watchers.base import Verdict, WatchContext, Watcher
 from prestop_agent.watchers.registry import RegistryWatcher
+
+__all__ = ["Deps", "Report", "run_deregister", "run_register", "run_status"]
 
 log = structlog.get_logger(__name__)
 
 REGISTER_POLL_S = 1.0
-
-
-@dataclass(frozen=True)
-class Deps:
-    clock: Clock
-    http: httpx.Client
-    secrets: Secrets = field(default_factory=Secrets)
-    run: RunClock = field(default_factory=RunClock)
-    started: float | None = None  # when the process started, on ``clock``; None: now
-
-    def deadline(self, seconds: float) -> Deadline:
-        start = self.clock.monotonic() if self.started is None else self.started
-        deadline = Deadline(self.clock, started=start, end=start + seconds)
-        self.run.deadline = deadline
-        return deadline
-
-
-@dataclass
-class Report:
-    """The result of one command: what happened, the evidence, and the error if any."""
-
-    command: str
-    outcome: str
-    error: PrestopError | None = None
-    data: dict[str, object] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "command": self.command,
-            "ok": self.ok,
-            "outcome": self.outcome,
-            "error": None if self.error is None else {"type": type(self.error).__name__, "message": str(self.error)},
-            **self.data,
-        }
-
-
-def make_registry(settings: Settings, deps: Deps) -> Registry:
-    credentials = None
-    if settings.username is not None and settings.password is not None:
-        credentials = Credentials(settings.username.value, settings.password.value)
-    servers = [
-        NacosServer(
-            address,
-            deps.http,
-            credentials=credentials,
-            request_timeout=settings.request_timeout.value,
-            secrets=deps.secrets,
-        )
-        for address in settings.servers.value
-    ]
-    return Registry(servers, settings.api.value, settings.pod_ip.value, settings.port.value, settings.cluster.value)
-
-
-def target_of(settings: Settings) -> PodTarget:
-    return PodTarget(settings.pod_ip.value, settings.port.value, settings.host_ip.value if settings.host_ip else None)
-
-
-def endpoint_of(settings: Settings) -> str:
-    return format_endpoint(settings.pod_ip.value, settings.port.value)
-
-
-def _located(settings: Settings, registry: Registry, deadline: Deadline) -> Located:
-    located = registry.locate(settings.key, deadline, search=True)
-    if located.searched:
-        if not settings.service_derived:
-            raise InstanceNotFound(
-                f"{endpoint_of(settings)} is not in service {settings.service.value!r} "
-                f"({settings.service.source}) but in {located.key.service!r}; "
-                f"set NACOS_SERVICE_NAME={located.key.service}"
-            )
-        log.warning(
-            "service_name_corrected" if settings.service.value else "service_found_by_endpoint",
-            derived=settings.service.value or None,
-            found=located.key.service,
-            hint=f"set NACOS_SERVICE_NAME={located.key.service}",
-        )
-    log.info(
-        "instance_located",
-        service=str(located.key),
-        endpoint=located.instance.endpoint,
-        cluster=located.instance.cluster,
-        enabled=located.instance.enabled,
-        server=located.server,
-    )
-    return located
-
-
-def _instance_data(located: Located) -> dict[str, object]:
-    return {
-        "service": str(located.key),
-        "endpoint": located.instance.endpoint,
-        "instance": located.instance.summary(),
-        "found_by_search": located.searched,
-    }
+# After the app's first registration is back, how long `register --wait` looks for more (a Dubbo
+# provider registers after the web port, within a second or two) before it stops looking.
+REGISTER_SETTLE_S = 5.0
+# How long Dubbo may take to leave Nacos after its QoS `offline` answered OK (observed: under 1 s).
+DUBBO_SETTLE_S = 5.0
 
 
 # -- deregister ------------------------------------------------------------------------------------
@@ -148,7 +60,14 @@ def run_deregister(settings: Settings, deps: Deps, *, wait: bool, dry_run: bool)
         budget_s=settings.budget.value,
         endpoint=endpoint_of(settings),
         service=str(settings.key),
+        scope=settings.scope.value,
     )
+    if wait and "registry" not in settings.wait_for.value:
+        log.warning(
+            "drain_not_held",
+            reason="registry is not in PRESTOP_WAIT_FOR: a registration that comes back "
+            "during the wait is not taken out again",
+        )
     report = Report("deregister", "failed")
     try:
         _deregister(settings, deps, registry, deadline, report, wait=wait, dry_run=dry_run)
@@ -159,52 +78,27 @@ def run_deregister(settings: Settings, deps: Deps, *, wait: bool, dry_run: bool)
         outcome=report.outcome,
         ok=report.ok,
         watchers=report.data.get("watchers"),
+        reasserted=report.data.get("reasserted"),
         error=str(report.error) if report.error else None,
     )
     return report
 
 
 def _interrupted(exc: KeyboardInterrupt, report: Report) -> Interrupted:
-    """What a signal left behind: a manual drain stopped after the write leaves the instance disabled."""
+    """What a signal left behind: a manual drain stopped after the write leaves the registrations disabled."""
     signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
     how = f"interrupted by {signal.Signals(signum).name}"
     write = report.data.get("write")
-    where = f"{report.data.get('endpoint')} in {report.data.get('service')}"
+    disabled = report.data.get("disabled")
+    where = ", ".join(disabled) if isinstance(disabled, list) and disabled else f"{report.data.get('endpoint')}"
     if write is None:
         message = f"{how} before anything was written"
     elif write == "sent":
         message = f"{how} while disabling {where}: it may be left disabled; run `prestop-agent register` to undo"
     else:
-        message = f"{how}: {where} is left disabled; run `prestop-agent register` to put it back"
+        message = f"{how}: {where} left disabled; run `prestop-agent register` to put it back"
     log.warning("deregister_interrupted", signal=signal.Signals(signum).name, write=write, message=message)
     return Interrupted(signum, message)
-
-
-def _deregister(
-    settings: Settings, deps: Deps, registry: Registry, deadline: Deadline, report: Report, *, wait: bool, dry_run: bool
-) -> None:
-    try:
-        located = _located(settings, registry, deadline)
-        report.data.update(_instance_data(located))
-        if dry_run:
-            action = "disable" if located.instance.enabled else "nothing: already disabled"
-            report.outcome = "dry_run"
-            report.data["would"] = action
-            log.info("dry_run", would=action, then="wait" if wait else "confirm")
-            return
-        run = _Run(settings, deps, registry, deadline)
-        _disable_and_confirm(run, located, report)
-        if wait:
-            _wait_for_evidence(run, located, report)
-        else:
-            report.outcome = "disabled"
-    except RegistryError as exc:
-        report.error = exc
-        log.error("registry_failed", error=str(exc))
-        if wait and not dry_run:
-            # Never worse than the sleep this replaces: keep the pod alive for the budget anyway.
-            log.warning("waiting_out_budget", reason="registry_failed", remaining_s=round(deadline.remaining(), 3))
-            deadline.sleep(deadline.remaining())
 
 
 @dataclass(frozen=True)
@@ -215,35 +109,148 @@ class _Run:
     deadline: Deadline
 
 
-def _disable_and_confirm(run: _Run, located: Located, report: Report) -> None:
-    settings, deps, registry, deadline = run.settings, run.deps, run.registry, run.deadline
-    if located.instance.enabled:
+def _deregister(
+    settings: Settings, deps: Deps, registry: Registry, deadline: Deadline, report: Report, *, wait: bool, dry_run: bool
+) -> None:
+    try:
+        found = find_registrations(settings, registry, deadline)
+        report.data.update(registrations_data(settings, found))
+        registrations = found.registrations
+        last = last_instances(registrations, found.listings)
+        keep = settings.last_instance.value == "keep"
+        if last:
+            log.warning(
+                "last_instance",
+                registrations=[str(r) for r in last],
+                action="kept until another instance is served" if keep else "drained",
+                consumers=None if keep else CONSUMERS_OF_AN_EMPTY_SERVICE,
+            )
+        report.data["last_instance"] = [str(r) for r in last]
+        kept = last if keep else []
+        if dry_run:
+            report.outcome = "dry_run"
+            report.data["would"] = {str(r): _would(r, kept) for r in registrations}
+            log.info("dry_run", would=report.data["would"], then="wait" if wait else "confirm")
+            return
+        run = _Run(settings, deps, registry, deadline)
+        out = [r for r in registrations if r not in kept]
+        if not wait:
+            _disable_and_confirm(run, out, report)
+            report.outcome = "disabled"
+            return
+        held = DrainSet(registry, [*out, *kept], kept=kept, holding=True)
+        context = WatchContext(target_of(settings), deps.clock, registry, held)
+        # Built before the write: the traffic watcher's first look dates the callers' requests before it,
+        # and callers that follow the registry's pushes stop within a second of it.
+        with catalog.built(settings.watcher_configs.values(), context) as watchers:
+            # The traffic watcher's gaps are measured at its polls: it keeps polling while the proof runs.
+            _disable_and_confirm(run, out, report, observers=[w for w in watchers if w.name == "traffic"])
+            _wait_for_evidence(run, watchers, held, report)
+    except RegistryError as exc:
+        report.error = exc
+        log.error("registry_failed", error=str(exc))
+        if wait and not dry_run:
+            # Never worse than the sleep this replaces: keep the pod alive for the budget anyway.
+            log.warning("waiting_out_budget", reason="registry_failed", remaining_s=round(deadline.remaining(), 3))
+            deadline.sleep(deadline.remaining())
+
+
+def _would(registration: Registration, kept: list[Registration]) -> str:
+    if registration in kept:
+        return "keep: the last enabled, healthy instance of its service"
+    return "disable" if registration.instance.enabled else "nothing: already disabled"
+
+
+def _disable_and_confirm(
+    run: _Run, registrations: list[Registration], report: Report, *, observers: Sequence[Watcher] = ()
+) -> None:
+    settings, registry, deadline = run.settings, run.registry, run.deadline
+    for done in (r for r in registrations if not r.instance.enabled):
+        log.info("instance_already_disabled", service=str(done.key), endpoint=done.instance.endpoint)
+    to_write = [r for r in registrations if r.instance.enabled]
+    if settings.dubbo_qos.value and any(is_dubbo(r.instance) for r in to_write):
+        to_write = _dubbo_offline(run, to_write)
+    disabled: list[str] = []
+    failed: list[str] = []
+    report.data["disabled"] = disabled
+    for index, registration in enumerate(to_write):
         report.data["write"] = "sent"
-        server = registry.set_enabled(located, False, deadline)
-        report.data["write"] = "accepted"
-        log.info("instance_disabled", server=server, service=str(located.key), endpoint=located.instance.endpoint)
-    else:
-        report.data["write"] = "none: already disabled"
-        log.info("instance_already_disabled", service=str(located.key), endpoint=located.instance.endpoint)
-    # Proof, not the word "ok": no server may still serve it (consumer caches are the wait's business).
-    proof = RegistryWatcher(registry, located.key, 0.0, deps.clock)
-    confirmed, results = wait_until_gone([proof], deadline, request_timeout=settings.request_timeout.value)
-    if not confirmed:
-        result = results[0]
-        state = "is still served" if result.verdict is Verdict.PRESENT else "was never shown to be unserved"
-        raise RegistryError(
-            f"the write was accepted but {located.instance.endpoint} {state} in {located.key} "
-            f"({result.reason}{': ' + result.last_error if result.last_error else ''})"
+        key, endpoint = str(registration.key), registration.instance.endpoint
+        # A server that keeps failing must not spend the whole budget on the first write: each write
+        # may use its share of what is left (the last one all of it).
+        now = deadline.clock.monotonic()
+        share = Deadline(
+            deadline.clock, deadline.started, min(deadline.end, now + deadline.remaining() / (len(to_write) - index))
         )
-    log.info("instance_unserved", service=str(located.key), endpoint=located.instance.endpoint)
+        try:
+            server = registry.write(registration, False, share)
+        except AuthError:
+            raise
+        except RegistryError as exc:  # the others still go out: one lost write must not keep them all in
+            failed.append(f"{registration}: {exc}")
+            log.error("instance_disable_failed", service=key, endpoint=endpoint, error=str(exc))
+            continue
+        disabled.append(str(registration))
+        log.info("instance_disabled", server=server, service=key, endpoint=endpoint)
+    report.data["write"] = "accepted" if disabled else "none: already disabled"
+    if failed:
+        raise RegistryError(f"{len(failed)} of {len(to_write)} disables failed: " + "; ".join(failed))
+    if not registrations:
+        return  # every registration is kept as the last instance of its service: nothing to prove yet
+    # Proof, not the word "ok": no server may still serve any of them (consumer caches are the wait's business).
+    proof = RegistryWatcher(DrainSet(registry, registrations), 0.0, run.deps.clock)
+    confirmed, results = wait_until_gone(
+        [proof], deadline, request_timeout=settings.request_timeout.value, observers=observers
+    )
+    if not confirmed:
+        raise RegistryError(_not_confirmed(registrations, results[0], proof))
+    log.info("instance_unserved", registrations=[str(r) for r in registrations])
 
 
-def _wait_for_evidence(run: _Run, located: Located, report: Report) -> None:
+def _not_confirmed(registrations: list[Registration], result: WatchResult, proof: RegistryWatcher) -> str:
+    state = "is still served" if result.verdict is Verdict.PRESENT else "was never shown to be unserved"
+    serving = proof.last.details.get("serving") if proof.last is not None else None
+    names = list(serving) if isinstance(serving, dict) and serving else [str(r) for r in registrations]
+    what = names[0] if len(names) == 1 else f"one of {', '.join(names)}"
+    cause = f"{result.reason}{': ' + result.last_error if result.last_error else ''}"
+    return f"the write was accepted but {what} {state} ({cause})"
+
+
+def _dubbo_offline(run: _Run, to_write: list[Registration]) -> list[Registration]:
+    """Ask Dubbo to unregister; the registrations it took out need no write. Returns those that still do."""
     settings, deadline = run.settings, run.deadline
-    context = WatchContext(target_of(settings), run.deps.clock, run.registry, located.key)
-    with catalog.built(settings.watcher_configs.values(), context) as watchers:
-        done, results = wait_until_gone(watchers, deadline, request_timeout=settings.request_timeout.value)
+    answer = qos_command(
+        run.deps.http, settings.dubbo_qos_port.value, "offline", deadline, settings.request_timeout.value
+    )
+    dubbo = [r for r in to_write if is_dubbo(r.instance)]
+    if not answer.ok:
+        log.warning("dubbo_qos_failed", answer=answer.detail, fallback="enabled=false in Nacos")
+        return to_write
+    settle = Deadline.after(run.deps.clock, min(DUBBO_SETTLE_S, deadline.remaining() / 4))
+    proof = RegistryWatcher(DrainSet(run.registry, dubbo), 0.0, run.deps.clock)
+    wait_until_gone([proof], settle, request_timeout=settings.request_timeout.value)
+    try:
+        still = DrainSet(run.registry, dubbo).check(deadline).served
+    except AuthError:
+        raise
+    except RegistryError as exc:
+        log.warning("dubbo_qos_unproven", error=str(exc), fallback="enabled=false in Nacos")
+        return to_write
+    left = {r.identity for r in still}
+    log.info(
+        "dubbo_offline",
+        unregistered=[str(r) for r in dubbo if r.identity not in left],
+        still_served=[str(r) for r in still],
+    )
+    return [r for r in to_write if not is_dubbo(r.instance) or r.identity in left]
+
+
+def _wait_for_evidence(run: _Run, watchers: Sequence[Watcher], held: DrainSet, report: Report) -> None:
+    settings, deadline = run.settings, run.deadline
+    done, results = wait_until_gone(watchers, deadline, request_timeout=settings.request_timeout.value)
     report.data["watchers"] = {r.name: r.as_dict() for r in results}
+    report.data["reasserted"] = held.reasserted
+    _last_instance_outcome(report, {r.name: r for r in results})
     if done:
         report.outcome = "drained"
         return
@@ -252,6 +259,21 @@ def _wait_for_evidence(run: _Run, located: Located, report: Report) -> None:
     report.error = BudgetExhausted(
         f"the budget of {settings.budget.value:g}s ran out before every watcher said gone: {pending}"
     )
+
+
+def _last_instance_outcome(report: Report, results: dict[str, WatchResult]) -> None:
+    """Which it was, for a service left without instances: did its consumers stop calling, or keep a stale list?"""
+    last = report.data.get("last_instance")
+    if not last:
+        return
+    traffic = results.get("traffic")
+    if traffic is None:
+        consumers = "unknown: add traffic to PRESTOP_WAIT_FOR to see whether they kept calling"
+    elif traffic.verdict is Verdict.GONE:
+        consumers = "stopped calling this pod: they found no provider (or another one)"
+    else:
+        consumers = "kept calling this pod: they hold a stale list (empty-push protection) until it stops"
+    log.warning("last_instance_outcome", registrations=last, consumers=consumers)
 
 
 # -- register --------------------------------------------------------------------------------------
@@ -266,17 +288,22 @@ def run_register(settings: Settings, deps: Deps, *, wait: bool) -> Report:
         timeout_s=settings.register_timeout.value,
         endpoint=endpoint_of(settings),
         service=str(settings.key),
+        scope=settings.scope.value,
     )
     report = Report("register", "failed")
     try:
-        located = _await_registration(settings, registry, deadline) if wait else _located(settings, registry, deadline)
-        report.data.update(_instance_data(located))
-        if located.instance.enabled:
-            log.info("instance_already_enabled", service=str(located.key), endpoint=located.instance.endpoint)
-        else:
-            server = registry.set_enabled(located, True, deadline)
-            log.info("instance_enabled", server=server, service=str(located.key), endpoint=located.instance.endpoint)
-        _confirm_served(registry, located, deadline)
+        if settings.dubbo_qos.value:
+            qos_command(deps.http, settings.dubbo_qos_port.value, "online", deadline, settings.request_timeout.value)
+        registrations = (
+            _await_registration(settings, registry, deadline)
+            if wait
+            else _registrations(settings, registry, deadline, report)
+        )
+        restored = _restore(settings, registry, registrations, deadline)
+        if wait:
+            restored += _settle(settings, registry, deadline, restored)
+        _confirm_served(registry, [primary(settings, registrations), *restored], deadline)
+        report.data["enabled"] = [str(r) for r in restored]
         report.outcome = "enabled"
     except RegistryError as exc:
         report.error = exc
@@ -285,12 +312,69 @@ def run_register(settings: Settings, deps: Deps, *, wait: bool) -> Report:
     return report
 
 
-def _await_registration(settings: Settings, registry: Registry, deadline: Deadline) -> Located:
-    """Wait until the app has (re-)registered this ip:port, then return it as found."""
+def _registrations(
+    settings: Settings, registry: Registry, deadline: Deadline, report: Report | None = None
+) -> tuple[Registration, ...]:
+    found = find_registrations(settings, registry, deadline)
+    if report is not None:
+        report.data.update(registrations_data(settings, found))
+    return found.registrations
+
+
+def _restore(
+    settings: Settings, registry: Registry, registrations: tuple[Registration, ...], deadline: Deadline
+) -> list[Registration]:
+    """Enable exactly what a drain disabled: the marked registrations, and the one the settings name.
+
+    A registration disabled without the mark was taken out by someone else (an operator, another
+    tool): it stays out, and the log says so.
+    """
+    named = primary(settings, registrations)
+    restored: list[Registration] = []
+    for registration in registrations:
+        if registration.instance.enabled:
+            if registration.same_as(named):
+                log.info("instance_already_enabled", service=str(named.key), endpoint=named.instance.endpoint)
+            continue
+        if not (registration.instance.marked or registration.same_as(named)):
+            log.warning("registration_left_disabled", registration=str(registration), reason="not disabled by a drain")
+            continue
+        server = registry.write(registration, True, deadline)
+        restored.append(registration)
+        key, endpoint = str(registration.key), registration.instance.endpoint
+        log.info("instance_enabled", server=server, service=key, endpoint=endpoint)
+    return restored
+
+
+def _settle(
+    settings: Settings, registry: Registry, deadline: Deadline, restored: list[Registration]
+) -> list[Registration]:
+    """Registrations that come back a little after the first one (the restart trap keeps them disabled too)."""
+    more: list[Registration] = []
+    quiet_until = deadline.clock.monotonic() + REGISTER_SETTLE_S
+    while deadline.clock.monotonic() < quiet_until and deadline.remaining() > REGISTER_POLL_S:
+        deadline.sleep(REGISTER_POLL_S)
+        done = [*restored, *more]
+        fresh = [
+            r
+            for r in _registrations(settings, registry, deadline)
+            if not r.instance.enabled and r.instance.marked and not any(r.same_as(d) for d in done)
+        ]
+        if fresh:
+            more += _restore(settings, registry, tuple(fresh), deadline)
+            quiet_until = deadline.clock.monotonic() + REGISTER_SETTLE_S
+    return more
+
+
+def _await_registration(settings: Settings, registry: Registry, deadline: Deadline) -> tuple[Registration, ...]:
+    """Wait until the app has (re-)registered this ip:port, then return the registrations as found."""
     last: RegistryError | None = None
     while True:
         try:
-            return _located(settings, registry, deadline)
+            registrations = _registrations(settings, registry, deadline)
+            if any(r.instance.port == settings.port.value for r in registrations):
+                return registrations
+            last = InstanceNotFound(f"nothing registered at {endpoint_of(settings)} yet")
         except AuthError:
             raise
         except RegistryError as exc:  # not registered yet, or the server is still starting
@@ -301,63 +385,16 @@ def _await_registration(settings: Settings, registry: Registry, deadline: Deadli
         deadline.sleep(REGISTER_POLL_S)
 
 
-def _confirm_served(registry: Registry, located: Located, deadline: Deadline) -> None:
+def _confirm_served(registry: Registry, registrations: list[Registration], deadline: Deadline) -> None:
+    unique = list({r.identity: r for r in registrations}.values())
     while True:
-        served = registry.served(located.key, deadline)
-        if served.serving:
-            log.info("instance_served", servers=served.serving, endpoint=located.instance.endpoint)
+        check = DrainSet(registry, unique).check(deadline)
+        unserved = [r for r in unique if r not in check.served]
+        if not unserved:
+            log.info("instance_served", registrations=[str(r) for r in unique])
             return
         if deadline.expired():
-            failed = f" ({'; '.join(served.failed)})" if served.failed else ""
-            raise RegistryError(f"the write was accepted but {located.instance.endpoint} is still not served{failed}")
+            failed = f" ({'; '.join(check.serving.failed)})" if check.serving.failed else ""
+            names = ", ".join(str(r) for r in unserved)
+            raise RegistryError(f"the write was accepted but {names} is still not served{failed}")
         deadline.sleep(REGISTER_POLL_S)
-
-
-# -- status ----------------------------------------------------------------------------------------
-
-
-def run_status(settings: Settings, deps: Deps) -> Report:
-    deadline = deps.deadline(min(settings.budget.value, 3 * settings.request_timeout.value))
-    registry = make_registry(settings, deps)
-    report = Report("status", "reported", data={"settings": settings.sources()})
-    key = settings.key
-    try:
-        if not key.service:  # no name to look in: find the service by ip:port, as deregister would
-            key = registry.locate(key, deadline, search=True).key
-            report.data["service_found_by_endpoint"] = str(key)
-        views = registry.view(key, deadline)
-    except RegistryError as exc:
-        report.error = exc
-        return report
-    report.data["servers"] = [v.as_dict() for v in views]
-    found = next((v.instance for v in views if v.instance is not None), None)
-    if all(v.error is not None for v in views):
-        report.error = RegistryError("no Nacos server answered: " + "; ".join(str(v.error) for v in views))
-    if found is None:
-        plan = (
-            f"look up {endpoint_of(settings)} by ip:port in the namespace"
-            + (" (the service name was derived from the pod name)" if settings.service_derived else "")
-            + "; fail with exit 3 if no service holds it"
-        )
-    elif found.enabled:
-        plan = f"disable {found.endpoint} in {key} (enabled=false, weight {found.weight:g} kept), then wait"
-    else:
-        plan = f"nothing to write: {found.endpoint} is already disabled; confirm and wait"
-    report.data["deregister_would"] = plan
-    report.data["watchers"] = _watcher_verdicts(settings, deps, registry, key, deadline)
-    return report
-
-
-def _watcher_verdicts(
-    settings: Settings, deps: Deps, registry: Registry, key: ServiceKey, deadline: Deadline
-) -> dict[str, object]:
-    context = WatchContext(target_of(settings), deps.clock, registry, key)
-    verdicts: dict[str, object] = {}
-    for name, config in settings.watcher_configs.items():
-        try:
-            with contextlib.closing(config.build(context)) as watcher:
-                obs = watcher.poll(deps.clock.monotonic(), deadline.cap(settings.request_timeout.value))
-            verdicts[name] = {"verdict": obs.verdict.value, "reason": obs.reason, **dict(obs.details)}
-        except PrestopError as exc:
-            verdicts[name] = {"verdict": Verdict.UNKNOWN.value, "reason": "error", "error": str(exc)}
-    return verdicts

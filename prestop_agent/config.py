@@ -7,7 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from prestop_agent.drain import LAST_INSTANCE_CHOICES
 from prestop_agent.errors import ConfigError
+from prestop_agent.nacos.discovery import DEFAULT_SCOPE, SCOPES
 from prestop_agent.nacos.model import ServerAddress, ServiceKey, parse_server_addresses
 from prestop_agent.source import Resolved, Source, parse_ip, parse_port
 from prestop_agent.watchers import catalog, registry
@@ -17,6 +19,7 @@ API_CHOICES = ("auto", "v1", "v2", "v3")
 DEFAULT_GRACE_SECONDS = 30.0
 DEFAULT_SHUTDOWN_RESERVE_SECONDS = 10.0
 DEFAULT_REGISTER_TIMEOUT_SECONDS = 120.0
+DEFAULT_DUBBO_QOS_PORT = 22222
 # Registry proof plus direct evidence of traffic: with the traffic watcher on, the consumer-cache
 # allowance is not needed as a proxy (it defaults to 0); without it, 35 s covers the caches.
 DEFAULT_WAIT_FOR = ("registry", "traffic")
@@ -56,6 +59,11 @@ class Settings:
     ca_bundle: Resolved[str] | None
     log_to_pid1: Resolved[str]
     wait_for: Resolved[tuple[str, ...]]
+    scope: Resolved[str]
+    drain_ports: Resolved[tuple[int, ...]]
+    last_instance: Resolved[str]
+    dubbo_qos: Resolved[bool]
+    dubbo_qos_port: Resolved[int]
     watcher_configs: Mapping[str, WatcherConfig] = field(default_factory=dict)
 
     @property
@@ -81,6 +89,11 @@ class Settings:
             "consumer_cache_s": self.consumer_cache,
             "request_timeout_s": self.request_timeout,
             "wait_for": Resolved(",".join(self.wait_for.value), self.wait_for.source),
+            "drain_scope": self.scope,
+            "drain_ports": Resolved(",".join(str(p) for p in self.drain_ports.value), self.drain_ports.source),
+            "last_instance": self.last_instance,
+            "dubbo_qos": self.dubbo_qos,
+            "dubbo_qos_port": self.dubbo_qos_port,
         }
         return {
             name: {"value": r.value if r else None, "source": r.source if r else "unset"} for name, r in shown.items()
@@ -121,21 +134,8 @@ def load(src: Source) -> Settings:
     servers = servers_raw.parsed(parse_server_addresses)
 
     pod_name = src.raw("HOSTNAME", flag="pod-name")
-    service_raw = src.raw(
-        "NACOS_SERVICE_NAME", "SPRING_CLOUD_NACOS_DISCOVERY_SERVICE", "SPRING_APPLICATION_NAME", flag="service"
-    )
-    service_derived = False
-    if service_raw is None:
-        if pod_name is None:
-            raise ConfigError("NACOS_SERVICE_NAME is not set and HOSTNAME is unknown; set NACOS_SERVICE_NAME")
-        derived = derive_service(pod_name.value)
-        if derived is None:  # the README's promise: then the instance is looked up by ip:port
-            service_raw = Resolved(
-                "", f"none derivable from HOSTNAME={pod_name.value}: looked up by ip:port", "NACOS_SERVICE_NAME"
-            )
-        else:
-            service_raw = Resolved(derived, f"derived from HOSTNAME={pod_name.value}", "NACOS_SERVICE_NAME")
-        service_derived = True
+    scope = _choice(src.string("PRESTOP_DRAIN_SCOPE", flag="scope", default=DEFAULT_SCOPE), SCOPES)
+    service_raw, service_derived = _service(src, pod_name, scope.value)
 
     api = src.string("NACOS_API", flag="api", default="auto")
     if api.value.lower() not in API_CHOICES:
@@ -162,6 +162,7 @@ def load(src: Source) -> Settings:
         raise ConfigError(f"{wait_for.name} is empty; name at least one watcher, e.g. registry")
     wait_names = catalog.watcher_names(wait_for.value)
     watcher_configs = catalog.load_configs(wait_names, src, wait_for.name)
+    last_instance = _choice(src.string("PRESTOP_LAST_INSTANCE", default="drain"), LAST_INSTANCE_CHOICES)
     log_to_pid1 = src.string("PRESTOP_LOG_TO_PID1", default="auto")
     if log_to_pid1.value.lower() not in ("auto", "true", "false"):
         raise ConfigError(f"PRESTOP_LOG_TO_PID1={log_to_pid1.value!r} must be auto, true or false")
@@ -198,8 +199,58 @@ def load(src: Source) -> Settings:
         ca_bundle=src.raw("PRESTOP_CA_BUNDLE", "NACOS_CA_BUNDLE"),
         log_to_pid1=log_to_pid1.parsed(lambda _name, value: value.lower()),
         wait_for=Resolved(wait_names, wait_for.source, wait_for.name),
+        scope=scope,
+        drain_ports=_drain_ports(src),
+        last_instance=last_instance,
+        dubbo_qos=src.boolean("PRESTOP_DUBBO_QOS", default=False),
+        dubbo_qos_port=_qos_port(src),
         watcher_configs=watcher_configs,
     )
+
+
+def _service(src: Source, pod_name: Resolved[str] | None, scope: str) -> tuple[Resolved[str], bool]:
+    """The service name and whether it was derived (not set); an empty name means "look up by ip:port"."""
+    found = src.raw(
+        "NACOS_SERVICE_NAME", "SPRING_CLOUD_NACOS_DISCOVERY_SERVICE", "SPRING_APPLICATION_NAME", flag="service"
+    )
+    if found is not None:
+        return found, False
+    if pod_name is None:
+        if scope == "service":
+            raise ConfigError(
+                "NACOS_SERVICE_NAME is not set and HOSTNAME is unknown; set NACOS_SERVICE_NAME "
+                "(PRESTOP_DRAIN_SCOPE=service drains that service only)"
+            )
+        return Resolved("", "none: every registration is looked up by ip", "NACOS_SERVICE_NAME"), True
+    derived = derive_service(pod_name.value)
+    if derived is None:  # the README's promise: then the instance is looked up by ip:port
+        return Resolved(
+            "", f"none derivable from HOSTNAME={pod_name.value}: looked up by ip:port", "NACOS_SERVICE_NAME"
+        ), True
+    return Resolved(derived, f"derived from HOSTNAME={pod_name.value}", "NACOS_SERVICE_NAME"), True
+
+
+def _drain_ports(src: Source) -> Resolved[tuple[int, ...]]:
+    found = src.items("PRESTOP_DRAIN_PORTS")
+    if found is None:
+        none: tuple[int, ...] = ()
+        return Resolved(none, "default", "PRESTOP_DRAIN_PORTS")
+    return found.parsed(lambda name, items: tuple(parse_port(name, item) for item in items))
+
+
+def _qos_port(src: Source) -> Resolved[int]:
+    found = src.raw("PRESTOP_DUBBO_QOS_PORT")
+    if found is None:
+        return Resolved(DEFAULT_DUBBO_QOS_PORT, "default", "PRESTOP_DUBBO_QOS_PORT")
+    return found.parsed(parse_port)
+
+
+def _choice(found: Resolved[str], choices: tuple[str, ...]) -> Resolved[str]:
+    """A setting that is one of a few words, in lower case; ConfigError naming them otherwise."""
+    value = found.value.lower()
+    if value not in choices:
+        raise ConfigError(f"{found.name}={found.value!r} is not known; set it to {', '.join(choices)} (or unset it)")
+    return Resolved(value, found.source, found.name)
 
 
 def default_budget(grace: float | None, reserve: float | None) -> float:

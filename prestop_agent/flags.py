@@ -76,3 +76,7 @@ def with_flags(*flags: Flag) -> Callable[[Callable[..., None]], Callable[..., No
         return run
 
     return decorate
+
+
+# Declared apart from the flags above: how much of the pod a drain takes out.
+SCOPE = Flag("scope", "pod, port or service: which registrations to drain (env PRESTOP_DRAIN_SCOPE)")

@@ -1,4 +1,8 @@
-"""The wait: poll every configured watcher under the one deadline until all say "gone"."""
+"""The wait: poll every configured watcher under the one deadline until all say "gone".
+
+When one watcher's observation says the evidence restarts (a registration was served again), every
+watcher is told, and every "gone" reached before that moment stops counting until it is polled anew.
+"""
 
 from __future__ import annotations
 
@@ -57,22 +61,33 @@ def interval_for(remaining: float) -> float:
 
 
 def wait_until_gone(
-    watchers: Sequence[Watcher], deadline: Deadline, *, request_timeout: float
+    watchers: Sequence[Watcher],
+    deadline: Deadline,
+    *,
+    request_timeout: float,
+    observers: Sequence[Watcher] = (),
 ) -> tuple[bool, list[WatchResult]]:
-    """Poll until every watcher's latest observation is GONE (True) or the deadline passes (False)."""
+    """Poll until every watcher's latest observation is GONE (True) or the deadline passes (False).
+
+    ``observers`` are polled on their own schedule too, but do not decide: a watcher that
+    judges over time keeps its evidence current while another one decides.
+    """
     clock = deadline.clock
     states = [_State(w, Observation(Verdict.UNKNOWN, "not_polled")) for w in watchers]
+    watching = [*states, *(_State(w, Observation(Verdict.UNKNOWN, "not_polled")) for w in observers)]
     while True:
         now = clock.monotonic()
-        for state in states:
+        for state in watching:
             if now >= state.next_due and not deadline.expired():
                 _poll(state, deadline, request_timeout)
                 now = clock.monotonic()
                 state.next_due = now + _next_interval(state.latest, deadline.remaining())
+                if state.latest.restarts_at is not None:
+                    _restart(states, state, state.latest.restarts_at, deadline)
         done = all(s.latest.verdict is Verdict.GONE for s in states)
         if done or deadline.expired():
             return done, [_result(s, deadline) for s in states]
-        next_due = min(s.next_due for s in states)
+        next_due = min(s.next_due for s in watching)
         deadline.sleep(max(0.0, next_due - clock.monotonic()))
 
 
@@ -102,6 +117,26 @@ def _poll(state: _State, deadline: Deadline, request_timeout: float) -> None:
             **dict(observation.details),
         )
     state.latest = observation
+
+
+def _restart(states: Sequence[_State], by: _State, at: float, deadline: Deadline) -> None:
+    """Evidence from before ``at`` no longer counts: every watcher forgets it, and no earlier "gone" stands."""
+    now = deadline.clock.monotonic()
+    log.warning(
+        "evidence_restarted",
+        by=by.watcher.name,
+        reason=by.latest.reason,
+        at_ms=round((at - deadline.started) * 1000),
+    )
+    for state in states:
+        try:
+            state.watcher.restart(at)
+        except Exception:  # a broken watcher must never end the wait early or crash the hook
+            log.exception("watcher_crashed", watcher=state.watcher.name)
+        if state is not by and state.latest.verdict is Verdict.GONE:
+            state.latest = Observation(Verdict.PRESENT, "evidence_restarted")
+            state.since = now
+            state.next_due = now
 
 
 def _next_interval(observation: Observation, remaining: float) -> float:

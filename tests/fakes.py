@@ -11,7 +11,7 @@ from urllib.parse import parse_qs
 import httpx
 
 from prestop_agent.clock import Clock, SystemClock
-from prestop_agent.nacos.model import ServiceKey
+from prestop_agent.drain import DrainSet
 from prestop_agent.nacos.registry import Registry
 from prestop_agent.watchers.base import PodTarget, WatchContext
 
@@ -44,6 +44,7 @@ class FakeInstance:
     weight: float = 1.0
     ephemeral: bool = True
     metadata: dict[str, str] = field(default_factory=dict)
+    client_id: str | None = None  # the gRPC connection that registered it ("ts_ip_port"); None: HTTP
 
     def json(self, service: str) -> dict[str, Any]:
         return {
@@ -69,6 +70,7 @@ class FakeNacos:
 
     major: int = 2
     services: dict[str, list[FakeInstance]] = field(default_factory=dict)  # "group@@name" -> instances
+    client_list: bool | None = None  # the client list APIs (2.2+, 3.x); None: as the major has them (3 only)
     users: dict[str, str] = field(default_factory=dict)  # auth on when non-empty
     tokens: set[str] = field(default_factory=set)
     ignore_writes: bool = False  # answer ok but change nothing, as Nacos does for a mismatched PUT
@@ -102,6 +104,8 @@ class FakeNacos:
                 ("GET", "/v1/ns/instance/list"): self._served_v1,
                 ("PUT", "/v1/ns/instance"): self._put_v1,
                 ("GET", "/v1/ns/service/list"): self._service_list_v1,
+                ("GET", "/v1/ns/catalog/services"): self._scan_v1,
+                **(self._client_routes("/v2/ns/client") if self.client_list else {}),
             }
         return {
             ("GET", "/v3/admin/ns/instance/list"): self._admin_list_v3,
@@ -109,6 +113,7 @@ class FakeNacos:
             ("PUT", "/v3/admin/ns/instance"): self._put_v3,
             ("GET", "/v3/admin/ns/service/list"): self._service_list_v3,
             ("PUT", "/v1/ns/instance"): lambda _p: httpx.Response(410, text="this api is deprecated"),
+            **(self._client_routes("/v3/admin/ns/client") if self.client_list is not False else {}),
         }
 
     def _login(self, params: dict[str, str]) -> httpx.Response:
@@ -154,6 +159,7 @@ class FakeNacos:
             if inst.ip == params["ip"] and inst.port == int(params["port"]) and inst.cluster == params["clusterName"]:
                 inst.enabled = params["enabled"] == "true"
                 inst.weight = float(params.get("weight", 1.0))
+                inst.metadata = json.loads(params.get("metadata") or "{}")
 
     def _put_v1(self, params: dict[str, str]) -> httpx.Response:
         self._put(params)
@@ -181,7 +187,62 @@ class FakeNacos:
         self._put(params)
         return self._envelope("ok")
 
+    # -- the bulk views: the scan of services with their instances, and the client list ------------
+
+    def _details(self, params: dict[str, str]) -> list[dict[str, Any]]:
+        if params.get("namespaceId", "public") != "public":
+            return []
+        page, size = int(params.get("pageNo", 1)), int(params.get("pageSize", 10))
+        keys = sorted(self.services)[(page - 1) * size : page * size]
+        return [
+            {
+                "serviceName": key.split("@@", 1)[1],
+                "groupName": key.split("@@", 1)[0],
+                "clusterMap": {
+                    cluster: {"hosts": [i.json(key) for i in self.services[key] if i.cluster == cluster]}
+                    for cluster in sorted({i.cluster for i in self.services[key]})
+                },
+            }
+            for key in keys
+        ]
+
+    def _scan_v1(self, params: dict[str, str]) -> httpx.Response:
+        return httpx.Response(200, json=self._details(params))  # 2.0.4 answers withInstances with a bare list
+
+    def _scan_v3(self, params: dict[str, str]) -> httpx.Response:
+        total = len(self.services) if params.get("namespaceId", "public") == "public" else 0
+        return self._envelope({"totalCount": total, "pageItems": self._details(params)})
+
+    def _client_routes(self, base: str) -> dict[tuple[str, str], Callable[[dict[str, str]], httpx.Response]]:
+        return {("GET", f"{base}/list"): self._clients, ("GET", f"{base}/publish/list"): self._published}
+
+    def _client_id(self, inst: FakeInstance) -> str:
+        # gRPC clients are named after the connection's address, HTTP and persistent ones after the instance's.
+        return inst.client_id or f"{inst.ip}:{inst.port}#{str(inst.ephemeral).lower()}"
+
+    def _clients(self, _params: dict[str, str]) -> httpx.Response:
+        ids = sorted({self._client_id(i) for instances in self.services.values() for i in instances})
+        return self._envelope(ids)
+
+    def _published(self, params: dict[str, str]) -> httpx.Response:
+        found = [
+            {
+                "namespaceId": "public",
+                "groupName": key.split("@@", 1)[0],
+                "serviceName": key.split("@@", 1)[1],
+                "publisherInfo": {"clientId": None, "ip": i.ip, "port": i.port, "clusterName": i.cluster},
+            }
+            for key, instances in self.services.items()
+            for i in instances
+            if self._client_id(i) == params["clientId"]
+        ]
+        if not found:
+            return httpx.Response(404, json={"code": 20004, "message": "x", "data": "clientId [ x ] not exist"})
+        return self._envelope(found)
+
     def _service_list_v3(self, params: dict[str, str]) -> httpx.Response:
+        if params.get("withInstances") == "true":
+            return self._scan_v3(params)
         group = params.get("groupNameParam", "DEFAULT_GROUP")
         items = [{"name": k.split("@@", 1)[1], "groupName": group} for k in self.services if k.startswith(group + "@@")]
         return self._envelope({"totalCount": len(items), "pageNumber": 1, "pagesAvailable": 1, "pageItems": items})
@@ -190,4 +251,4 @@ class FakeNacos:
 def watch_context(target: PodTarget, clock: Clock | None = None) -> WatchContext:
     """What a watcher that never asks Nacos is built with: the pod, a clock, and a cluster of no servers."""
     registry = Registry([], "auto", target.pod_ip, target.port, "DEFAULT")
-    return WatchContext(target, clock or SystemClock(), registry, ServiceKey("public", "DEFAULT_GROUP", "orders"))
+    return WatchContext(target, clock or SystemClock(), registry, DrainSet(registry, []))

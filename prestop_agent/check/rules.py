@@ -350,7 +350,9 @@ def _timeline(t: _Timing) -> None:
     events = t.check.events
     events.append((0.0, "pod deleted: preStop starts; Endpoints, registry and LB removal start in parallel"))
     if t.evidence is not None:
-        events.append((t.evidence, "earliest complete evidence (agent may end here)"))
+        events.append(
+            (t.evidence, "evidence complete even for callers too sparse to have a rate (busy ones end sooner)")
+        )
     if t.lb_done is not None:
         events.append((t.lb_done, "LB has removed and drained the pod"))
     if t.wait is not None:

@@ -1,11 +1,11 @@
-"""Plain values: a server address, a service key, an instance as Nacos reports it."""
+"""Plain values: a server address, a service key, an instance as Nacos reports it, one registration of the pod."""
 
 from __future__ import annotations
 
 import ipaddress
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -13,6 +13,10 @@ from prestop_agent.errors import ConfigError
 
 DEFAULT_PORT = 8848
 DEFAULT_CONTEXT = "/nacos"
+# Written into an instance's metadata with enabled=false, so that `register` puts back exactly what a
+# drain took out, even after the process that drained is gone: Nacos keeps this metadata together with
+# the enabled flag, also across the app's re-registration within its metadata memory (60 s by default).
+DISABLED_MARK = "prestop-agent.disabled"
 
 
 @dataclass(frozen=True)
@@ -150,6 +154,49 @@ class Instance:
 
     def metadata_json(self) -> str:
         return json.dumps(dict(self.metadata), separators=(",", ":"), sort_keys=True)
+
+    @property
+    def marked(self) -> bool:
+        """Disabled by a drain of this agent (see ``DISABLED_MARK``)."""
+        return DISABLED_MARK in self.metadata
+
+    def as_written(self, enabled: bool) -> Instance:
+        """The instance to send with ``enabled``: with the mark in its metadata when disabling, without it else."""
+        metadata = {k: v for k, v in self.metadata.items() if k != DISABLED_MARK}
+        if not enabled:
+            metadata[DISABLED_MARK] = "true"
+        return replace(self, enabled=enabled, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class Registration:
+    """One registration of the pod: an instance at the pod's address in one service."""
+
+    key: ServiceKey
+    instance: Instance
+
+    @property
+    def identity(self) -> tuple[str, str, str, str, int, str]:
+        """What makes it this registration, whatever its state: service, address and cluster."""
+        address = parse_address(self.instance.ip)
+        ip = str(address) if address is not None else self.instance.ip
+        key = self.key
+        return (key.namespace, key.group, key.service, ip, self.instance.port, self.instance.cluster)
+
+    def same_as(self, other: Registration) -> bool:
+        return self.identity == other.identity
+
+    def __str__(self) -> str:
+        return f"{self.key.group}@@{self.key.service} {self.instance.endpoint}"
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "service": self.key.service,
+            "group": self.key.group,
+            "endpoint": self.instance.endpoint,
+            **{k: v for k, v in self.instance.summary().items() if k not in ("ip", "port")},
+            "marked": self.instance.marked,
+        }
 
 
 def instance_from_json(raw: Mapping[str, Any], default_cluster: str) -> Instance | None:

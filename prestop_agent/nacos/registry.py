@@ -1,4 +1,4 @@
-"""The pod's instance across the configured Nacos cluster: find it, switch it, and see what each server serves."""
+"""The pod's registrations across the configured Nacos cluster: find them, switch them, see what each server serves."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import structlog
 from prestop_agent.clock import Deadline
 from prestop_agent.errors import AuthError, InstanceNotFound, RegistryError, ServerError, ServerUnavailable
 from prestop_agent.nacos.api import APIS, ApiGone, NacosApi
-from prestop_agent.nacos.model import Instance, ServiceKey, format_endpoint, same_address
+from prestop_agent.nacos.model import Instance, Registration, ServiceKey, format_endpoint, same_address
 from prestop_agent.nacos.server import NacosServer
 
 log = structlog.get_logger(__name__)
@@ -34,6 +34,10 @@ class Located:
     instance: Instance
     server: str
     searched: bool = False  # found by ip:port search, not under the configured/derived service
+
+    @property
+    def registration(self) -> Registration:
+        return Registration(self.key, self.instance)
 
 
 @dataclass(frozen=True)
@@ -58,13 +62,25 @@ class ServerView:
 
 
 @dataclass(frozen=True)
-class Served:
-    """Which servers serve the instance, which answered, and which gave no answer or were skipped."""
+class Serving:
+    """Which servers serve each registration, which answered for each service, which failed or were skipped.
 
-    serving: list[str]
-    answered: list[str]
+    ``others`` holds, per service, the instances served that are none of the registrations asked
+    about, as the first server that answered for it lists them.
+    """
+
+    by: dict[tuple[str, str, str, str, int, str], list[str]]
+    answered: dict[ServiceKey, list[str]]
     failed: list[str]
     skipped: list[str]
+    others: dict[ServiceKey, list[Instance]]
+
+    def servers(self, registration: Registration) -> list[str]:
+        """The servers that serve it (empty: none of those that answered)."""
+        return self.by.get(registration.identity, [])
+
+    def answered_for(self, registration: Registration) -> bool:
+        return bool(self.answered.get(registration.key))
 
 
 @dataclass
@@ -130,14 +146,17 @@ class Registry:
     # -- reads ----------------------------------------------------------------------------------
 
     def find(self, server: NacosServer, key: ServiceKey, deadline: Deadline) -> Instance | None:
+        return self._pick(self.list_all(server, key, self.cluster, deadline))
+
+    def list_all(self, server: NacosServer, key: ServiceKey, cluster: str, deadline: Deadline) -> list[Instance]:
+        """Every instance of a service on one server, disabled ones included (``cluster`` matters on 2.0.x only)."""
         try:
-            instances = self.api(server, key, deadline).list_all(server, key, self.cluster, deadline)
+            return self.api(server, key, deadline).list_all(server, key, cluster, deadline)
         except ApiGone as exc:
             api = self._switch_on_gone(server, exc)
             if api is None:
                 raise
-            instances = api.list_all(server, key, self.cluster, deadline)
-        return self._pick(instances)
+            return api.list_all(server, key, cluster, deadline)
 
     def _pick(self, instances: Sequence[Instance]) -> Instance | None:
         matches = [i for i in instances if self._is_ours(i)]
@@ -150,40 +169,50 @@ class Registry:
         return instance.port == self.port and same_address(instance.ip, self.ip)
 
     def is_served(self, server: NacosServer, key: ServiceKey, deadline: Deadline) -> bool:
+        return any(self._is_ours(i) for i in self.list_served(server, key, deadline))
+
+    def list_served(self, server: NacosServer, key: ServiceKey, deadline: Deadline) -> list[Instance]:
+        """The instances of a service that this server gives consumers."""
         try:
-            served = self.api(server, key, deadline).list_served(server, key, deadline)
+            return self.api(server, key, deadline).list_served(server, key, deadline)
         except ApiGone as exc:
             api = self._switch_on_gone(server, exc)
             if api is None:
                 raise
-            served = api.list_served(server, key, deadline)
-        return any(self._is_ours(i) for i in served)
+            return api.list_served(server, key, deadline)
 
-    def served(self, key: ServiceKey, deadline: Deadline) -> Served:
-        """Ask every server whether it serves the instance (refused credentials raise).
+    def serving(self, registrations: Sequence[Registration], deadline: Deadline) -> Serving:
+        """Ask every server which of the registrations it serves (refused credentials raise).
 
-        The servers that answer are asked first; one that ran out a request's cap earlier is skipped
-        once another has answered, so a hung member cannot eat the time of those that answer.
+        One served list per service and server. The servers that answer are asked first; one that
+        ran out a request's cap earlier is skipped once another has answered, so a hung member
+        cannot eat the time of those that answer. A server that fails is not asked further.
         """
-        serving: list[str] = []
-        answered: list[str] = []
+        keys = list(dict.fromkeys(r.key for r in registrations))
+        by: dict[tuple[str, str, str, str, int, str], list[str]] = {r.identity: [] for r in registrations}
+        answered: dict[ServiceKey, list[str]] = {key: [] for key in keys}
+        others: dict[ServiceKey, list[Instance]] = {}
         failed: list[str] = []
         skipped: list[str] = []
         for server in self.ordered():
-            if server.unresponsive and answered:
+            if server.unresponsive and any(answered.values()):
                 skipped.append(str(server))
                 continue
-            try:
-                is_served = self.is_served(server, key, deadline)
-            except AuthError:
-                raise
-            except RegistryError as exc:
-                failed.append(f"{server}: {exc}")
-                continue
-            answered.append(str(server))
-            if is_served:
-                serving.append(str(server))
-        return Served(serving, answered, failed, skipped)
+            for key in keys:
+                try:
+                    listed = self.list_served(server, key, deadline)
+                except AuthError:
+                    raise
+                except RegistryError as exc:
+                    failed.append(f"{server}: {exc}")
+                    break
+                answered[key].append(str(server))
+                ours = [r for r in registrations if r.key == key]
+                for registration in ours:
+                    if any(_same_endpoint(i, registration.instance) for i in listed):
+                        by[registration.identity].append(str(server))
+                others.setdefault(key, [i for i in listed if not any(_same_endpoint(i, r.instance) for r in ours)])
+        return Serving(by, answered, failed, skipped, others)
 
     def view(self, key: ServiceKey, deadline: Deadline) -> list[ServerView]:
         """Every server's view; errors are recorded per server, never raised (except refused credentials)."""
@@ -207,17 +236,15 @@ class Registry:
         A key without a service name (none could be derived) goes straight to the search.
         """
         if key.service:
-            server, instance = self._first_answer("answered", lambda s: self.find(s, key, deadline), deadline)
+            server, instance = self.first_answer("answered", lambda s: self.find(s, key, deadline), deadline)
             if instance is not None:
                 return Located(key, instance, str(server))
             if not search:
                 return self._decide(key, [], str(server))
-        server, found = self._first_answer("answered the search", lambda s: self._search(s, key, deadline), deadline)
+        server, found = self.first_answer("answered the search", lambda s: self._search(s, key, deadline), deadline)
         return self._decide(key, found, str(server))
 
-    def _first_answer(
-        self, what: str, attempt: Callable[[NacosServer], T], deadline: Deadline
-    ) -> tuple[NacosServer, T]:
+    def first_answer(self, what: str, attempt: Callable[[NacosServer], T], deadline: Deadline) -> tuple[NacosServer, T]:
         """Fail over: the first server where ``attempt`` succeeds, and its result.
 
         While no member answers at all (down, hung, 5xx), go round again within the budget: the
@@ -275,19 +302,36 @@ class Registry:
 
     # -- writes ---------------------------------------------------------------------------------
 
-    def set_enabled(self, located: Located, enabled: bool, deadline: Deadline) -> str:
-        """Write ``enabled`` on the first server that accepts it; returns that server."""
-        server, _ = self._first_answer(
-            "accepted the write", lambda s: self._write(s, located, enabled, deadline), deadline
+    def write(self, registration: Registration, enabled: bool, deadline: Deadline) -> str:
+        """Write ``enabled`` (with the drain's mark in the metadata, see ``DISABLED_MARK``) on the first server
+        that accepts it; returns that server. The weight and the rest of the metadata go back as observed.
+        """
+        written = Registration(registration.key, registration.instance.as_written(enabled))
+        server, _ = self.first_answer(
+            "accepted the write", lambda s: self._write(s, written, enabled, deadline), deadline
         )
         return str(server)
 
-    def _write(self, server: NacosServer, located: Located, enabled: bool, deadline: Deadline) -> None:
-        api = self.api(server, located.key, deadline)
+    def _write(self, server: NacosServer, registration: Registration, enabled: bool, deadline: Deadline) -> None:
+        key, instance = registration.key, registration.instance
+        api = self.api(server, key, deadline)
         try:
-            api.update(server, located.key, located.instance, enabled, deadline)
+            api.update(server, key, instance, enabled, deadline)
         except ApiGone as exc:
             switched = self._switch_on_gone(server, exc)
             if switched is None:
                 raise
-            switched.update(server, located.key, located.instance, enabled, deadline)
+            switched.update(server, key, instance, enabled, deadline)
+
+    def current(self, registration: Registration, deadline: Deadline) -> Instance | None:
+        """The registration's instance as the first server that answers holds it now; None: not registered."""
+        key, instance = registration.key, registration.instance
+        _, listed = self.first_answer("answered", lambda s: self.list_all(s, key, instance.cluster, deadline), deadline)
+        matches = [i for i in listed if _same_endpoint(i, instance)]
+        same_cluster = [i for i in matches if i.cluster == instance.cluster]
+        found = same_cluster or matches
+        return found[0] if found else None
+
+
+def _same_endpoint(a: Instance, b: Instance) -> bool:
+    return a.port == b.port and same_address(a.ip, b.ip)

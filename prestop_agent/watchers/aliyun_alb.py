@@ -202,6 +202,9 @@ class AliyunAlbWatcher:
     def close(self) -> None:
         """Nothing to release: the SDK client keeps no connection open between requests."""
 
+    def restart(self, at: float) -> None:
+        """Nothing to forget: every poll reads the server groups' current state afresh."""
+
     def poll(self, now: float, timeout: float) -> Observation:
         ends = self._monotonic() + max(0.0, timeout)
         states = {group: self._status_in(group, ends) for group in self._config.server_group_ids}

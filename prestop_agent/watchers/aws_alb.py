@@ -225,6 +225,9 @@ class AwsAlbWatcher:
     def close(self) -> None:
         self._clients.close()
 
+    def restart(self, at: float) -> None:
+        """Nothing to forget: every poll reads the target groups' current state afresh."""
+
     def poll(self, now: float, timeout: float) -> Observation:
         groups = self._config.target_groups
         share = max(0.0, timeout) / len(groups)

@@ -226,6 +226,9 @@ class EndpointsWatcher:
     def close(self) -> None:
         self._client.close()
 
+    def restart(self, at: float) -> None:
+        """Nothing to forget: every poll reads the EndpointSlices' current state afresh."""
+
     def poll(self, now: float, timeout: float) -> Observation:
         slices = self._list(timeout)
         found = find_pod(slices, self._pod_ip)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import replace
 
@@ -64,7 +65,9 @@ def test_deregister_wait_disables_proves_and_waits_the_cache(major: int, deps: D
     assert report.outcome == "drained"
     assert inst.enabled is False
     write = nacos.writes[-1]
-    assert (write["enabled"], write["weight"], write["metadata"]) == ("false", "3.0", '{"zone":"a"}')
+    # Weight and metadata go back as observed, with the drain's mark, so that `register` knows what it took out.
+    assert (write["enabled"], write["weight"]) == ("false", "3.0")
+    assert json.loads(write["metadata"]) == {"zone": "a", "prestop-agent.disabled": "true"}
     watchers = report.data["watchers"]
     assert isinstance(watchers, dict)
     assert watchers["registry"]["verdict"] == "gone"
@@ -101,7 +104,7 @@ def test_dry_run_sends_no_write(deps: Deps) -> None:
     with serve(nacos):
         report = run_deregister(make(), deps, wait=True, dry_run=True)
     assert report.outcome == "dry_run"
-    assert report.data["would"] == "disable"
+    assert report.data["would"] == {"DEFAULT_GROUP@@orders 10.0.0.7:8080": "disable"}
     assert nacos.writes == []
 
 
@@ -127,15 +130,31 @@ def test_wrong_derived_service_is_found_by_ip_port(deps: Deps) -> None:
     assert corrected["hint"] == "set NACOS_SERVICE_NAME=orders-service"
 
 
-def test_explicit_service_that_does_not_hold_the_instance_fails_naming_the_variable(deps: Deps) -> None:
+def test_explicit_service_that_does_not_hold_the_instance_fails_naming_the_variable_in_scope_service(
+    deps: Deps,
+) -> None:
     nacos = FakeNacos()
     nacos.add("orders", FakeInstance("10.0.0.1", 8080))
     nacos.add("orders-v2", FakeInstance("10.0.0.7", 8080))
+    settings = make(NACOS_SERVICE_NAME="orders", PRESTOP_DRAIN_SCOPE="service")
     with serve(nacos):
-        report = run_deregister(make(NACOS_SERVICE_NAME="orders"), deps, wait=False, dry_run=False)
+        report = run_deregister(settings, deps, wait=False, dry_run=False)
     assert isinstance(report.error, InstanceNotFound)
     assert "set NACOS_SERVICE_NAME=orders-v2" in str(report.error)
     assert nacos.writes == []
+
+
+def test_explicit_service_that_does_not_hold_the_instance_is_drained_where_it_is_in_scope_pod(deps: Deps) -> None:
+    """Every registration at the pod's IP sends traffic into this pod, whatever service the settings name."""
+    nacos = FakeNacos()
+    other = nacos.add("orders", FakeInstance("10.0.0.1", 8080))
+    inst = nacos.add("orders-v2", FakeInstance("10.0.0.7", 8080))
+    with serve(nacos), capture_logs() as logs:
+        report = run_deregister(make(NACOS_SERVICE_NAME="orders"), deps, wait=False, dry_run=False)
+    assert (report.error, report.outcome) == (None, "disabled")
+    assert (inst.enabled, other.enabled) == (False, True)
+    warning = next(e for e in logs if e["event"] == "configured_service_not_registered")
+    assert warning["hint"] == "set NACOS_SERVICE_NAME=orders-v2"
 
 
 def test_instance_nowhere_fails_with_the_variables_to_check(deps: Deps, clock: FakeClock) -> None:
@@ -144,7 +163,8 @@ def test_instance_nowhere_fails_with_the_variables_to_check(deps: Deps, clock: F
     with serve(nacos):
         report = run_deregister(make(), deps, wait=True, dry_run=False)
     assert isinstance(report.error, InstanceNotFound)
-    assert "NACOS_SERVICE_NAME" in str(report.error)
+    assert "POD_IP" in str(report.error)
+    assert "NACOS_NAMESPACE" in str(report.error)
     assert nacos.writes == []
     assert clock.now - 1000.0 == pytest.approx(20.0)
 
@@ -280,6 +300,9 @@ def test_budget_exhausted_when_a_watcher_never_says_gone(deps: Deps, clock: Fake
         def poll(self, now: float, timeout: float) -> Observation:
             return Observation(Verdict.PRESENT, "active")
 
+        def restart(self, at: float) -> None:
+            """Nothing judged over time."""
+
         def close(self) -> None:
             """Nothing to release."""
 
@@ -316,6 +339,9 @@ def test_watchers_are_built_with_the_run_context_and_closed(deps: Deps, clock: F
         def poll(self, now: float, timeout: float) -> Observation:
             return Observation(Verdict.GONE, "quiet")
 
+        def restart(self, at: float) -> None:
+            """Nothing judged over time."""
+
         def close(self) -> None:
             closed.append(self.name)
 
@@ -335,7 +361,9 @@ def test_watchers_are_built_with_the_run_context_and_closed(deps: Deps, clock: F
     assert status.data["watchers"]["traffic"]["verdict"] == "gone"  # type: ignore[index]
     assert closed == ["traffic", "traffic"]  # once after the wait, once after status
     assert [c.clock for c in built] == [deps.clock, deps.clock]
-    assert built[0].service == settings.key
+    assert [str(r) for r in built[0].registrations.registrations] == ["DEFAULT_GROUP@@orders 10.0.0.7:8080"]
+    assert built[0].registrations.holding, "the drain's watchers hold the registrations out"
+    assert not built[1].registrations.holding, "status only looks"
     assert built[0].target.pod_ip == "10.0.0.7"
 
 
@@ -385,3 +413,35 @@ def test_status_reports_each_server_and_the_plan(deps: Deps) -> None:
     assert servers[1]["error"] is not None
     assert "disable 10.0.0.7:8080" in str(report.data["deregister_would"])
     assert nacos.writes == []
+
+
+def test_registry_watcher_looks_again_soon_after_a_write_then_less_often(clock: FakeClock) -> None:
+    from types import SimpleNamespace
+
+    from prestop_agent.drain import Check
+    from prestop_agent.watchers.registry import RegistryWatcher
+
+    answers = [True, True, True, False, True]  # served after the write, then not, then served again
+
+    class Lagging:
+        def __init__(self) -> None:
+            self.registrations = ["orders"]
+            self.kept: list[str] = []
+            self.reasserted = 0
+
+        def check(self, deadline: object) -> Check:
+            served = answers.pop(0)
+            serving = SimpleNamespace(
+                answered={"orders": ["nacos-a"]},
+                failed=[],
+                skipped=[],
+                servers=lambda r: ["nacos-a"] if served else [],
+            )
+            return Check(serving, ["orders"] if served else [], [])  # type: ignore[arg-type, list-item]
+
+        def hold(self, check: Check, deadline: object) -> list[str]:
+            return []
+
+    watcher = RegistryWatcher(Lagging(), 0.0, clock)  # type: ignore[arg-type]
+    hints = [watcher.poll(clock.now, 1.0).details.get("next_poll_s") for _ in range(5)]
+    assert hints == [0.25, 0.5, 1.0, None, 0.25]  # unserved in between: the next served answer starts over

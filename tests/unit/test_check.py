@@ -181,6 +181,20 @@ def test_invalid_timing_value_is_a_violation(tmp_path: Path) -> None:
     assert "PRESTOP_SHUTDOWN_RESERVE_SECONDS='ten' is not a number of seconds" in fails(report)[0]
 
 
+@pytest.mark.parametrize(("least", "violations"), [("2", []), ("10", []), ("12", ["config"])])
+def test_quiet_floor_longer_than_the_quiet_time_is_a_violation(
+    tmp_path: Path, least: str, violations: list[str]
+) -> None:
+    env = f"""
+        - name: PRESTOP_QUIET_MIN_SECONDS
+          value: "{least}"
+    """
+    report = run_check([write(tmp_path, deployment(pre_stop=AGENT, env=env))])
+    assert [v.rule for _, v in report.violations] == violations
+    if violations:
+        assert "PRESTOP_QUIET_MIN_SECONDS=12 is longer than the quiet time of 10" in fails(report)[0]
+
+
 def test_unresolvable_reference_is_reported_not_guessed(tmp_path: Path) -> None:
     env = """
         - name: PRESTOP_BUDGET_SECONDS

@@ -141,7 +141,7 @@ def test_what_the_manifest_lacks_is_a_violation(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("command", "message"),
     [
-        ('["prestop-agent", "deregister", "--wait", "--grace", "40"]', "No such option: --grace"),
+        ('["prestop-agent", "deregister", "--wait", "--grace", "40"]', "No such option '--grace'"),
         ('["prestop-agent", "deregister", "--budget"]', "Option '--budget' requires an argument"),
         ('["prestop-agent", "deregister", "now"]', "unexpected extra argument"),
         ('["sh", "-c", "prestop-agent deregister --wait-for"]', "Option '--wait-for' requires an argument"),

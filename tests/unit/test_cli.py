@@ -189,14 +189,31 @@ def test_register_puts_it_back() -> None:
     assert inst.enabled is True
 
 
+def test_trust_store_is_loaded_only_when_a_server_speaks_tls() -> None:
+    import ssl
+
+    from prestop_agent.cli import _tls
+    from prestop_agent.config import load
+    from prestop_agent.source import Source
+
+    plain = _tls(load(Source(ENV)))
+    assert plain.verify_mode is ssl.CERT_REQUIRED
+    assert plain.check_hostname
+    assert plain.cert_store_stats()["x509_ca"] == 0  # refuses any certificate: https could only fail closed
+    secure = _tls(load(Source({**ENV, "NACOS_SERVER_ADDR": "https://nacos.example:8848"})))
+    assert secure.verify_mode is ssl.CERT_REQUIRED
+    assert secure.cert_store_stats()["x509_ca"] == ssl.create_default_context().cert_store_stats()["x509_ca"]
+
+
 @pytest.mark.parametrize("command", ["deregister", "register", "status", "serve"])
 def test_help_shows_the_variable_behind_each_flag(command: str) -> None:
-    # Help text is rendered as rich markup: "[env POD_IP]" would be taken for a tag and vanish.
+    # Help text once was rendered as rich markup: "[env POD_IP]" was taken for a tag and vanished.
     result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200", "TERMINAL_WIDTH": "200"})
     assert result.exit_code == 0
+    text = " ".join(result.stdout.split())  # the help is wrapped to the terminal's width
     declared = [flag for flag in vars(flags).values() if isinstance(flag, flags.Flag)]
     shown = [flag for flag in declared if f"--{flag.name} " in result.stdout]
     assert len(shown) >= 3
     for flag in shown:
-        assert flag.help in result.stdout, f"--{flag.name}: {flag.help!r} not shown"
+        assert flag.help in text, f"--{flag.name}: {flag.help!r} not shown"
         assert "env " in flag.help

@@ -72,7 +72,9 @@ def test_status_looks_the_service_up_when_the_pod_name_names_none(http: httpx.Cl
 def test_not_found_names_every_variable_that_decides_where_to_look(http: httpx.Client) -> None:
     nacos = FakeNacos()
     nacos.add("orders", FakeInstance("10.0.0.8", 8080))
-    settings = make(NACOS_SERVICE_NAME="orders", NACOS_CLUSTER="BJ", PRESTOP_BUDGET_SECONDS="5")
+    settings = make(
+        NACOS_SERVICE_NAME="orders", NACOS_CLUSTER="BJ", PRESTOP_BUDGET_SECONDS="5", PRESTOP_DRAIN_SCOPE="service"
+    )
     with served_by(nacos):
         report = run_deregister(settings, Deps(clock=FakeClock(), http=http), wait=False, dry_run=False)
     assert isinstance(report.error, InstanceNotFound)
@@ -80,6 +82,20 @@ def test_not_found_names_every_variable_that_decides_where_to_look(http: httpx.C
     for name in ("NACOS_SERVICE_NAME", "NACOS_NAMESPACE", "NACOS_GROUP", "NACOS_CLUSTER", "POD_IP"):
         assert name in message
     assert "'BJ'" in message
+
+
+@pytest.mark.parametrize(("scope", "names"), [("pod", "any port"), ("port", "port(s) 8080,9090")])
+def test_not_found_in_scope_pod_or_port_says_where_it_looked(scope: str, names: str, http: httpx.Client) -> None:
+    nacos = FakeNacos()
+    nacos.add("orders", FakeInstance("10.0.0.8", 8080))
+    settings = make(PRESTOP_DRAIN_SCOPE=scope, PRESTOP_DRAIN_PORTS="9090", PRESTOP_BUDGET_SECONDS="5")
+    with served_by(nacos):
+        report = run_deregister(settings, Deps(clock=FakeClock(), http=http), wait=False, dry_run=False)
+    assert isinstance(report.error, InstanceNotFound)
+    message = str(report.error)
+    assert f"10.0.0.7 on {names} in every group of namespace 'public'" in message
+    for name in ("NACOS_NAMESPACE", "POD_IP", "PRESTOP_DRAIN_SCOPE"):
+        assert name in message
 
 
 GATEWAY_404 = "<html><head><title>404 Not Found</title></head><body><center><h1>404 Not Found</h1></center></body>"

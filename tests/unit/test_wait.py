@@ -29,6 +29,9 @@ class Scripted:
             raise step
         return Observation(step, step.value)
 
+    def restart(self, at: float) -> None:
+        """Nothing judged over time."""
+
     def close(self) -> None:
         """Nothing to release."""
 
@@ -100,6 +103,9 @@ def test_next_poll_hint_shortens_the_interval() -> None:
                 return Observation(P, "consumer_cache", {"next_poll_s": 0.2})
             return Observation(G, "unserved")
 
+        def restart(self, at: float) -> None:
+            """Nothing judged over time."""
+
         def close(self) -> None:
             """Nothing to release."""
 
@@ -119,9 +125,21 @@ def test_poll_timeout_is_capped_by_the_deadline() -> None:
             seen.append(timeout)
             return Observation(P, "x")
 
+        def restart(self, at: float) -> None:
+            """Nothing judged over time."""
+
         def close(self) -> None:
             """Nothing to release."""
 
     clock = FakeClock()
     wait_until_gone([Slow()], Deadline.after(clock, 3), request_timeout=30)
     assert max(seen) <= 3
+
+
+def test_observers_are_polled_but_do_not_decide() -> None:
+    clock = FakeClock()
+    decider, observer = Scripted("registry", [P, P, G]), Scripted("traffic", [P])
+    done, results = wait_until_gone([decider], Deadline.after(clock, 60), request_timeout=5, observers=[observer])
+    assert done  # the observer still says present
+    assert [r.name for r in results] == ["registry"]
+    assert len(observer.polls) >= 3

@@ -1,9 +1,17 @@
-"""The traffic watcher's settings and its judgement: GONE once the watched ports have been quiet long enough.
+"""The traffic watcher's settings and its judgement: GONE once every caller has been quiet long enough.
 
-GONE is only given after the watcher itself has observed the ports for the quiet time
-(``PRESTOP_QUIET_SECONDS``) with no activity from an outside peer (``activity``), so one
-quiet poll never suffices on its own. Without socket diagnostics an open connection may
-hold the wait until the peers close it or the budget ends; it never says GONE early.
+Each poll reads the watched ports' sockets (``sockets``) and the connections that ended
+since the previous poll (``closed``), turns them into dated evidence per caller
+(``activity``), and asks the quiet rule (``quiet``) whether every caller has been silent
+for its own quiet time. GONE is only given after the watcher itself has observed the
+ports for at least the floor, so one quiet poll never suffices on its own. The watcher
+takes its first look when it is built, which the agent does before it writes to the
+registry: callers that follow the registry's pushes stop within a second of the write,
+and their rate before it is what lets the rule end the wait early. It polls every 0.4 s
+while a caller is active (0.1 s while a caller has been seen fewer than three times),
+and otherwise only when the rule could next decide. Without socket diagnostics an open
+connection may hold the wait until the peers close it or the budget ends; it never says
+GONE early.
 """
 
 from __future__ import annotations
@@ -17,11 +25,16 @@ from prestop_agent.errors import ConfigError, WatcherError
 from prestop_agent.source import Source, parse_networks, parse_port
 from prestop_agent.watchers.base import Observation, PodTarget, Verdict, WatchContext
 from prestop_agent.watchers.traffic.activity import Activity, IPNetwork, Scanner, ignored_networks
+from prestop_agent.watchers.traffic.closed import Closed, ClosedFeed
+from prestop_agent.watchers.traffic.quiet import Callers, QuietRule
 from prestop_agent.watchers.traffic.sockets import Conn, ProcNetTable, SockDiagTable, SocketTable, read_snmp_tcp
 
 NAME = "traffic"
 
 DEFAULT_QUIET_SECONDS = 10.0
+DEFAULT_QUIET_MIN_SECONDS = 2.0
+ACTIVE_POLL_S = 0.4  # a caller's gaps are measured no finer than this: 4 x 0.4 s stays under the 2 s floor
+FIRST_POLLS_S = 0.1  # while an active caller has been seen fewer times than the rule needs
 DEFAULT_PROC_ROOT = "/proc"
 SOURCES = ("auto", "sock_diag", "proc")
 
@@ -32,6 +45,7 @@ _MAX_PEERS_SHOWN = 10
 @dataclass(frozen=True)
 class TrafficConfig:
     quiet_seconds: float = DEFAULT_QUIET_SECONDS
+    quiet_min_seconds: float = DEFAULT_QUIET_MIN_SECONDS
     proc_root: str = DEFAULT_PROC_ROOT
     extra_ports: tuple[int, ...] = ()
     ignore: tuple[IPNetwork, ...] = ()
@@ -40,16 +54,45 @@ class TrafficConfig:
     source: str = "auto"
 
     def build(self, context: WatchContext) -> TrafficWatcher:
+        """The watcher, after its first look at the ports (the callers' rate before the write is evidence too)."""
+        ports = tuple(sorted({context.target.port, *self.extra_ports}))
         tables: list[SocketTable] = []
+        feed: ClosedFeed | None = None
         if self.source == "sock_diag" or (self.source == "auto" and self.proc_root == DEFAULT_PROC_ROOT):
-            tables.append(SockDiagTable())
+            tables.append(SockDiagTable(ports=ports))
+            feed = _open_feed(ports)
         if self.source != "sock_diag":
             tables.append(ProcNetTable(self.proc_root))
-        return TrafficWatcher(self, context.target, tables=tables, counters=lambda: read_snmp_tcp(self.proc_root))
+        watcher = TrafficWatcher(
+            self, context.target, tables=tables, counters=lambda: read_snmp_tcp(self.proc_root), feed=feed
+        )
+        try:
+            watcher.poll(context.clock.monotonic(), 1.0)
+        except WatcherError as exc:  # the wait's own polls report it
+            log.debug("traffic_first_look_failed", error=str(exc))
+        return watcher
+
+
+def _open_feed(ports: tuple[int, ...]) -> ClosedFeed | None:
+    try:
+        return ClosedFeed(ports)
+    except OSError as exc:
+        log.warning(
+            "traffic_closed_feed_unavailable",
+            error=str(exc),
+            consequence="one-request connections that close between polls go uncounted",
+        )
+        return None
 
 
 def load_config(src: Source, watched: Collection[str] = ()) -> TrafficConfig:
     quiet = src.seconds("PRESTOP_QUIET_SECONDS", flag="quiet-seconds", default=DEFAULT_QUIET_SECONDS, minimum=0.1)
+    floor = src.optional_seconds("PRESTOP_QUIET_MIN_SECONDS", minimum=0.1)
+    if floor is not None and floor.value > quiet.value:
+        raise ConfigError(
+            f"PRESTOP_QUIET_MIN_SECONDS={floor.value:g} is longer than the quiet time of {quiet.value:g}s "
+            f"({quiet.name}); set it to at most {quiet.value:g}"
+        )
     root = src.string("PRESTOP_PROC_ROOT", default=DEFAULT_PROC_ROOT)
     ports: list[int] = []
     found_ports = src.items("PRESTOP_TRAFFIC_PORTS")
@@ -69,6 +112,7 @@ def load_config(src: Source, watched: Collection[str] = ()) -> TrafficConfig:
         )
     return TrafficConfig(
         quiet_seconds=quiet.value,
+        quiet_min_seconds=min(DEFAULT_QUIET_MIN_SECONDS, quiet.value) if floor is None else floor.value,
         proc_root=root.value,
         extra_ports=tuple(ports),
         ignore=tuple(ignore),
@@ -79,7 +123,7 @@ def load_config(src: Source, watched: Collection[str] = ()) -> TrafficConfig:
 
 
 class TrafficWatcher:
-    """Judges quiet over time; keeps what it saw in the previous poll."""
+    """Judges quiet over time; keeps what it saw in the previous poll and what it heard from each caller."""
 
     name = NAME
 
@@ -90,6 +134,7 @@ class TrafficWatcher:
         *,
         tables: Sequence[SocketTable],
         counters: Callable[[], Mapping[str, int]] | None = None,
+        feed: ClosedFeed | None = None,
     ) -> None:
         if not tables:
             raise ValueError("the traffic watcher needs at least one socket table")
@@ -100,7 +145,8 @@ class TrafficWatcher:
         )
         self._tables = list(tables)
         self._counters = counters
-        self._started: float | None = None
+        self._feed = feed
+        self._callers: Callers | None = None
         self._previous_poll: float | None = None
         self._previous_counters: Mapping[str, int] | None = None
         self._last: Activity | None = None
@@ -109,8 +155,16 @@ class TrafficWatcher:
     def source(self) -> str:
         return self._tables[0].source
 
+    def restart(self, at: float) -> None:
+        """Evidence starts over at ``at``: a registration came back, so callers may have found the pod again."""
+        if self._callers is not None:
+            self._callers.restart(at)
+
     def close(self) -> None:
-        """Nothing to release: each poll opens and closes its own netlink socket."""
+        """Stop listening for ended connections (each poll opens and closes its own dump socket)."""
+        if self._feed is not None:
+            self._feed.close()
+            self._feed = None
 
     def _read(self, timeout: float) -> list[Conn]:
         while True:
@@ -126,8 +180,19 @@ class TrafficWatcher:
                         fallback=self._tables[1].source,
                     )
                     self._tables.pop(0)
+                    self.close()  # the announcements pair with the dump's connections, not with /proc's
                     continue
                 raise WatcherError(f"cannot read the pod's TCP sockets ({table.source}): {exc}") from exc
+
+    def _drain(self) -> Closed | None:
+        if self._feed is None:
+            return None
+        try:
+            return self._feed.drain()
+        except (OSError, ValueError) as exc:
+            log.warning("traffic_closed_feed_failed", error=str(exc))
+            self.close()
+            return Closed(missed=True)
 
     def _read_counters(self) -> Mapping[str, int] | None:
         if self._counters is None:
@@ -139,11 +204,13 @@ class TrafficWatcher:
             return None
 
     def poll(self, now: float, timeout: float) -> Observation:
+        closed = self._drain()  # before the table: a connection that ends in between is then in one or the other
         conns = self._read(timeout)
         counters = self._read_counters()
-        first = self._started is None
-        started = now if self._started is None else self._started
-        self._started = started
+        first = self._callers is None
+        if self._callers is None:
+            self._callers = Callers(QuietRule(self._config.quiet_min_seconds, self._config.quiet_seconds), now)
+        callers = self._callers
         since = now if self._previous_poll is None else self._previous_poll
 
         before = self._previous_counters
@@ -155,45 +222,83 @@ class TrafficWatcher:
             else counters.get("PassiveOpens", 0) - before.get("PassiveOpens", 0)
         )
 
-        scan = self._scanner.scan(conns, now, since, first=first, in_segs_moved=in_segs_moved)
-        events, peers = scan.events, scan.peers
-        open_count, ignored, new_count = scan.open_count, scan.ignored, scan.new_count
+        scan = self._scanner.scan(conns, now, since, first=first, in_segs_moved=in_segs_moved, closed=closed)
+        latest: dict[str, tuple[float, int]] = {}
+        for event in scan.events:
+            if event.attributed:
+                when, count = latest.get(event.peer, (event.when, 0))
+                latest[event.peer] = (max(when, event.when), count + event.count)
+            else:
+                callers.heard_unattributed(event.when)
+        for peer, (when, count) in latest.items():
+            callers.heard(peer, when, count)
 
-        latest = max(events, key=lambda a: a.when, default=None)
-        if latest is not None and (self._last is None or latest.when > self._last.when):
+        newest = max(scan.events, key=lambda a: a.when, default=None)
+        if newest is not None and (self._last is None or newest.when > self._last.when):
             log.info(
                 "traffic_activity",
-                kind=latest.kind,
-                peer=latest.peer or None,
-                port=latest.port,
-                age_s=round(now - latest.when, 3),
-                connections=open_count,
+                kind=newest.kind,
+                peer=newest.peer or None,
+                port=newest.port,
+                age_s=round(now - newest.when, 3),
+                connections=scan.open_count,
             )
-            self._last = latest
+            self._last = newest
 
         self._previous_poll = now
         if counters is not None:
             self._previous_counters = counters
 
-        quiet_since = started if self._last is None else max(started, self._last.when)
-        quiet_for = max(0.0, now - quiet_since)
+        judgement = callers.judge(now)
+        last = callers.last()
+        quiet_since = callers.started if last is None else max(callers.started, last)
         details: dict[str, object] = {
             "source": self.source,
             "ports": sorted(self._scanner.ports),
-            "connections": open_count,
-            "peers": sorted(peers)[:_MAX_PEERS_SHOWN],
-            "ignored_connections": ignored,
-            "new_connections": new_count,
+            "connections": scan.open_count,
+            "peers": sorted(scan.peers)[:_MAX_PEERS_SHOWN],
+            "ignored_connections": scan.ignored,
+            "new_connections": scan.new_count,
+            "closed_connections": scan.closed_count,
             "last_activity_age_s": None if self._last is None else round(now - self._last.when, 3),
             "last_activity_kind": None if self._last is None else self._last.kind,
-            "quiet_for_s": round(quiet_for, 3),
+            "quiet_for_s": round(max(0.0, now - quiet_since), 3),
+            "quiet_needed_s": round(judgement.until - quiet_since, 3),
             "quiet_seconds": self._config.quiet_seconds,
+            "quiet_min_seconds": self._config.quiet_min_seconds,
+            "judged_by_rate": judgement.judged_by_rate,
+            "callers": self._caller_details(callers, now),
             "passive_opens": passive_opens,
         }
-        if quiet_for >= self._config.quiet_seconds:
+        if judgement.quiet:
             return Observation(Verdict.GONE, "quiet", details)
+        details["next_poll_s"] = self._next_poll(callers, now, judgement.until)
         if self._last is not None and now - self._last.when < self._config.quiet_seconds:
             if self._last.kind == "unmeasured_connection":
                 return Observation(Verdict.PRESENT, "unmeasured_connections", details)
             return Observation(Verdict.PRESENT, "recent_activity", details)
         return Observation(Verdict.PRESENT, "observing", details)
+
+    def _next_poll(self, callers: Callers, now: float, until: float) -> float:
+        """Often while a caller is active (its gaps are measured at this grain), else when the rule could decide."""
+        wait = max(0.05, until - now)
+        active = [c for peer, c in callers.callers.items() if now - c.last < callers.quiet_time(peer)]
+        if any(not callers.rule.judged(c) and now - c.last < 1.0 for c in active):
+            return min(wait, FIRST_POLLS_S)
+        if active:
+            return min(wait, ACTIVE_POLL_S)
+        return wait
+
+    @staticmethod
+    def _caller_details(callers: Callers, now: float) -> list[dict[str, object]]:
+        recent = sorted(callers.callers.items(), key=lambda item: item[1].last, reverse=True)[:_MAX_PEERS_SHOWN]
+        return [
+            {
+                "peer": peer,
+                "arrivals": c.arrivals,
+                "longest_gap_s": round(c.longest_gap, 3),
+                "silent_s": round(now - c.last, 3),
+                "quiet_time_s": round(callers.quiet_time(peer), 3),
+            }
+            for peer, c in recent
+        ]

@@ -17,8 +17,9 @@ import httpx
 import pytest
 
 from prestop_agent.clock import SystemClock
+from prestop_agent.drain import DrainSet
 from prestop_agent.errors import WatcherError
-from prestop_agent.nacos.model import ServerAddress, ServiceKey
+from prestop_agent.nacos.model import Instance, Registration, ServerAddress, ServiceKey
 from prestop_agent.nacos.registry import Registry
 from prestop_agent.nacos.server import NacosServer
 from prestop_agent.source import Source
@@ -42,7 +43,11 @@ def context(closed_port: int) -> Iterator[WatchContext]:
     with httpx.Client() as http:
         server = NacosServer(ServerAddress("http", "127.0.0.1", closed_port, "/nacos"), http, attempts=1)
         registry = Registry([server], "auto", TARGET.pod_ip, TARGET.port, "DEFAULT")
-        yield WatchContext(TARGET, SystemClock(), registry, ServiceKey("public", "DEFAULT_GROUP", "orders"))
+        instance = Instance(
+            TARGET.pod_ip, TARGET.port, "DEFAULT", enabled=False, healthy=True, weight=1.0, ephemeral=True
+        )
+        registration = Registration(ServiceKey("public", "DEFAULT_GROUP", "orders"), instance)
+        yield WatchContext(TARGET, SystemClock(), registry, DrainSet(registry, [registration], holding=True))
 
 
 def _from_catalog(name: str, env: dict[str, str], context: WatchContext) -> Iterator[Watcher]:
@@ -139,3 +144,18 @@ def test_no_answer_is_never_gone(unanswered: tuple[str, Watcher]) -> None:
         now += 5.0
     assert len(causes) == 3, "a poll that got no answer fails with WatcherError; it is not an observation"
     assert all(cause.strip() for cause in causes), "a failed poll names its cause"
+
+
+def test_a_restart_is_taken_and_still_no_answer_is_never_gone(unanswered: tuple[str, Watcher]) -> None:
+    """Every watcher takes "evidence restarts at t" (the wait passes it on when a registration comes back)."""
+    _, watcher = unanswered
+    now = 1000.0
+    for _ in range(2):
+        watcher.restart(now)
+        try:
+            observation = watcher.poll(now + 1.0, 1.0)
+        except WatcherError:
+            continue
+        finally:
+            now += 5.0
+        assert observation.verdict is not Verdict.GONE, observation

@@ -2,115 +2,27 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import struct
-import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
-from prestop_agent.watchers.base import PodTarget, Verdict
-from prestop_agent.watchers.traffic.sockets import ESTABLISHED, ProcNetTable, SockDiagTable
-from prestop_agent.watchers.traffic.watcher import TrafficConfig, TrafficWatcher
-from tests.fakes import watch_context
-
-
-class LoopbackServer:
-    """A request/response server on 127.0.0.1: answers every chunk it reads with b"ok"."""
-
-    def __init__(self) -> None:
-        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(16)
-        self.port: int = self.listener.getsockname()[1]
-        self._conns: list[socket.socket] = []
-        self._threads: list[threading.Thread] = []
-        self._accepting = threading.Thread(target=self._accept, daemon=True)
-        self._accepting.start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            self._conns.append(conn)
-            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
-            self._threads.append(thread)
-            thread.start()
-
-    @staticmethod
-    def _serve(conn: socket.socket) -> None:
-        with conn:
-            while True:
-                try:
-                    data = conn.recv(4096)
-                except OSError:
-                    return
-                if not data:
-                    return
-                try:
-                    conn.sendall(b"ok")
-                except OSError:
-                    return
-
-    def close(self) -> None:
-        self.listener.shutdown(socket.SHUT_RDWR)
-        self.listener.close()
-        self._accepting.join(2)
-        for conn in self._conns:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-        for thread in self._threads:
-            thread.join(2)
-
-
-@pytest.fixture
-def server() -> Iterator[LoopbackServer]:
-    srv = LoopbackServer()
-    try:
-        yield srv
-    finally:
-        srv.close()
-
-
-def sock_diag_works() -> bool:
-    try:
-        SockDiagTable().read(1.0)
-    except OSError:
-        return False
-    return True
-
-
-needs_sock_diag = pytest.mark.skipif(not sock_diag_works(), reason="NETLINK_SOCK_DIAG is not available here")
-QUIET = 0.2
-
-
-def request(client: socket.socket) -> None:
-    client.sendall(b"GET / HTTP/1.1\r\n\r\n")
-    assert client.recv(16) == b"ok"
-
-
-def poll_until_gone(watcher: TrafficWatcher, limit: float = 3.0) -> tuple[list[Verdict], dict[str, object]]:
-    verdicts: list[Verdict] = []
-    end = time.monotonic() + limit
-    while time.monotonic() < end:
-        seen = watcher.poll(time.monotonic(), 1.0)
-        verdicts.append(seen.verdict)
-        if seen.verdict is Verdict.GONE:
-            return verdicts, dict(seen.details)
-        time.sleep(0.03)
-    raise AssertionError(f"never gone: {verdicts}")
-
-
-def real_watcher(port: int, *, source: str = "sock_diag", ignore_loopback: bool = False) -> TrafficWatcher:
-    config = TrafficConfig(quiet_seconds=QUIET, source=source, ignore_loopback=ignore_loopback)
-    watcher = config.build(watch_context(PodTarget(pod_ip="127.0.0.1", port=port, host_ip=None)))
-    assert isinstance(watcher, TrafficWatcher)
-    return watcher
+from prestop_agent.watchers.base import Verdict
+from prestop_agent.watchers.traffic.closed import ClosedFeed
+from prestop_agent.watchers.traffic.sockets import ESTABLISHED, Conn, ProcNetTable, SockDiagTable
+from prestop_agent.watchers.traffic.watcher import TrafficConfig
+from tests.loopback.watchers.traffic_peers import (
+    QUIET,
+    LoopbackServer,
+    built,
+    needs_sock_diag,
+    poll_until_gone,
+    real_watcher,
+    request,
+    sock_diag_works,
+)
 
 
 def test_real_tables_see_this_process_sockets(server: LoopbackServer) -> None:
@@ -199,3 +111,73 @@ def test_real_proc_fallback_sees_connections_and_their_end(server: LoopbackServe
         assert seen.details["source"] == "proc"
     _, details = poll_until_gone(watcher)
     assert details["connections"] == 0
+
+
+# ------------------------------------------------------------------ the build and its first look
+
+
+def test_build_picks_the_sources_and_takes_a_first_look(server: LoopbackServer) -> None:
+    with socket.create_connection(("127.0.0.1", server.port)) as client:
+        request(client)
+        auto = built(TrafficConfig(ignore_loopback=False), server.port)
+        assert auto.source == ("sock_diag" if sock_diag_works() else "proc")
+        seen = auto.poll(time.monotonic(), 1.0)
+        assert seen.details["new_connections"] == 0  # the first look, at build, saw it already
+        assert seen.details["connections"] == 1
+    elsewhere = built(TrafficConfig(proc_root="/proc/self"), server.port)
+    forced = built(TrafficConfig(source="proc"), server.port)
+    assert (elsewhere.source, forced.source) == ("proc", "proc")
+    assert auto.name == "traffic"
+
+
+# ------------------------------------------------------------------ what the kernel is asked for
+
+
+@needs_sock_diag
+@pytest.mark.parametrize("watched", [1, 2, 3])
+def test_the_dump_lists_only_the_watched_ports_of_both_families(watched: int) -> None:
+    listeners = [socket.create_server(("127.0.0.1", 0)) for _ in range(3)]
+    listeners.append(socket.create_server(("::1", 0), family=socket.AF_INET6))
+    try:
+        ports = [s.getsockname()[1] for s in listeners]
+        chosen = tuple(ports[-watched:])  # the IPv6 listener is always among them
+        with socket.create_connection(("::1", ports[-1])), socket.create_connection(("127.0.0.1", ports[0])):
+            found = SockDiagTable(ports=chosen).read(1.0)
+        assert {c.local_port for c in found} == set(chosen)
+        assert any(c.state == ESTABLISHED and c.local_port == ports[-1] and c.peer_ip == "::1" for c in found)
+    finally:
+        for listener in listeners:
+            listener.close()
+
+
+@needs_sock_diag
+def test_the_feed_announces_ended_connections_of_the_watched_port_only(server: LoopbackServer) -> None:
+    other = LoopbackServer()
+    feed = ClosedFeed((server.port,))
+    try:
+        for port in (server.port, other.port, server.port):
+            with socket.create_connection(("127.0.0.1", port)) as client:
+                request(client)
+        end = time.monotonic() + 5.0
+        ended: list[Conn] = []
+        while len(ended) < 2 and time.monotonic() < end:
+            ended += feed.drain().conns
+            time.sleep(0.05)
+    finally:
+        feed.close()
+        other.close()
+    assert len(ended) == 2
+    assert {c.local_port for c in ended} == {server.port}
+    assert [c.data_segs_in for c in ended] == [1, 1]  # one request each (the byte count has the FIN too)
+
+
+def test_tcp_info_offsets_match_this_kernel(server: LoopbackServer) -> None:
+    # the dump's data segment count is the kernel's own, read back through getsockopt(TCP_INFO)
+    with socket.create_connection(("127.0.0.1", server.port)) as client:
+        for _ in range(3):
+            request(client)
+        own = client.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+        if sock_diag_works():
+            inode = os.fstat(client.fileno()).st_ino
+            [mine] = [c for c in SockDiagTable().read(1.0) if c.inode == inode]
+            assert mine.data_segs_in == struct.unpack_from("=I", own, 152)[0] == 3

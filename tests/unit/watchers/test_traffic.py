@@ -12,7 +12,6 @@ from structlog.testing import capture_logs
 
 from prestop_agent.errors import ConfigError, WatcherError
 from prestop_agent.source import Source
-from prestop_agent.watchers import traffic
 from prestop_agent.watchers.base import PodTarget, Verdict
 from prestop_agent.watchers.traffic.sockets import (
     CLOSE_WAIT,
@@ -26,9 +25,9 @@ from prestop_agent.watchers.traffic.sockets import (
     parse_diag_messages,
     parse_proc_net_tcp,
     parse_snmp_tcp,
+    read_snmp_tcp,
 )
 from prestop_agent.watchers.traffic.watcher import TrafficConfig, TrafficWatcher, load_config
-from tests.fakes import watch_context
 
 POD = "10.1.2.3"
 NODE = "192.168.0.7"
@@ -73,6 +72,26 @@ def test_settings_from_environment() -> None:
     assert config.source == "proc"
 
 
+@pytest.mark.parametrize(
+    ("env", "floor"),
+    [
+        ({}, 2.0),
+        ({"PRESTOP_QUIET_SECONDS": "1"}, 1.0),  # a quiet time under the default floor lowers the floor
+        ({"PRESTOP_QUIET_MIN_SECONDS": "3"}, 3.0),
+        ({"PRESTOP_QUIET_MIN_SECONDS": "10"}, 10.0),  # the fixed rule of earlier versions
+    ],
+)
+def test_quiet_floor(env: dict[str, str], floor: float) -> None:
+    assert load_config(Source(env)).quiet_min_seconds == floor
+
+
+def test_quiet_floor_longer_than_the_quiet_time_is_refused() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(Source({"PRESTOP_QUIET_MIN_SECONDS": "12"}))
+    assert "PRESTOP_QUIET_MIN_SECONDS=12" in str(caught.value)
+    assert "at most 10" in str(caught.value)
+
+
 def test_quiet_seconds_flag_wins() -> None:
     src = Source({"PRESTOP_QUIET_SECONDS": "4"}, {"quiet-seconds": "7"})
     assert load_config(src).quiet_seconds == 7.0
@@ -97,19 +116,6 @@ def test_bad_settings_name_the_variable_and_value(env: dict[str, str], names: li
     assert "\n" not in message
     for name in names:
         assert name in message
-
-
-def test_build_picks_the_sources() -> None:
-    auto = TrafficConfig().build(watch_context(TARGET))
-    assert isinstance(auto, TrafficWatcher)
-    assert auto.source == "sock_diag"
-    elsewhere = TrafficConfig(proc_root="/somewhere").build(watch_context(TARGET))
-    assert isinstance(elsewhere, TrafficWatcher)
-    assert elsewhere.source == "proc"
-    forced = TrafficConfig(source="proc").build(watch_context(TARGET))
-    assert isinstance(forced, TrafficWatcher)
-    assert forced.source == "proc"
-    assert auto.name == traffic.NAME == "traffic"
 
 
 # ----------------------------------------------------------------------------- parsers
@@ -213,11 +219,12 @@ def diag_message(
     return struct.pack("=IHHII", 16 + len(body), 20, 2, seq, 0) + body
 
 
-def tcp_info(last_data_recv_ms: int, bytes_received: int | None) -> bytes:
+def tcp_info(last_data_recv_ms: int, bytes_received: int | None, data_segs_in: int = 0) -> bytes:
     info = bytearray(232 if bytes_received is not None else 104)
     struct.pack_into("=I", info, 52, last_data_recv_ms)
     if bytes_received is not None:
         struct.pack_into("=Q", info, 128, bytes_received)
+        struct.pack_into("=I", info, 152, data_segs_in)
     return bytes(info)
 
 
@@ -234,7 +241,7 @@ def test_parse_diag_messages() -> None:
             src=(POD, PORT),
             dst=(CLIENT, 41000),
             inode=6,
-            info=tcp_info(1500, 4096),
+            info=tcp_info(1500, 4096, 3),
         )
         + diag_message(
             seq=7,
@@ -251,9 +258,9 @@ def test_parse_diag_messages() -> None:
     assert [c.inode for c in conns] == [5, 6, 8]
     assert conns[0].rx_queue == 1
     assert conns[0].last_data_recv_ms is None
-    assert conns[1] == Conn(ESTABLISHED, POD, PORT, CLIENT, 41000, 6, 0, 0, 1500, 4096)
+    assert conns[1] == Conn(ESTABLISHED, POD, PORT, CLIENT, 41000, 6, 0, 0, 1500, 4096, 3)
     assert (conns[2].local_ip, conns[2].peer_ip) == (POD, CLIENT)
-    assert (conns[2].last_data_recv_ms, conns[2].bytes_received) == (20, None)
+    assert (conns[2].last_data_recv_ms, conns[2].bytes_received, conns[2].data_segs_in) == (20, None, None)
     assert parse_diag_messages(done(7), 7) == ([], True)
 
 
@@ -297,12 +304,16 @@ def proc(tmp_path: Path) -> FakeProc:
 
 
 def proc_watcher(proc: FakeProc, **overrides: object) -> TrafficWatcher:
+    """A watcher over the fake /proc, as ``build`` makes it but without its first look (the tests poll at will)."""
     config = TrafficConfig(quiet_seconds=10.0, proc_root=str(proc.root), source="proc")
     for key, value in overrides.items():
         object.__setattr__(config, key, value)
-    watcher = config.build(watch_context(TARGET))
-    assert isinstance(watcher, TrafficWatcher)
-    return watcher
+    return from_config(config)
+
+
+def from_config(config: TrafficConfig) -> TrafficWatcher:
+    root = config.proc_root
+    return TrafficWatcher(config, TARGET, tables=[ProcNetTable(root)], counters=lambda: read_snmp_tcp(root))
 
 
 def listening() -> str:
@@ -463,7 +474,7 @@ def test_ignore_switches_and_extra_networks(proc: FakeProc) -> None:
             }
         )
     )
-    watcher = config.build(watch_context(TARGET))
+    watcher = from_config(config)
     seen = watcher.poll(100.0, 1.0)
     assert seen.details["peers"] == ["127.0.0.1", NODE]
     assert seen.details["ignored_connections"] == 1
