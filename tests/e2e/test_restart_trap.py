@@ -150,8 +150,10 @@ def _restart(stage: Stage, namespace: str) -> Restart:
 
 
 def _restarted(kube: Kube, name: str, namespace: str) -> dict[str, Any] | None:
+    """The pod once its container has restarted and runs again (a postStart hook still running shows as waiting)."""
     pod: dict[str, Any] = kube.get("pod", name, namespace=namespace)
-    return pod if pod["status"]["containerStatuses"][0]["restartCount"] else None
+    status = pod["status"]["containerStatuses"][0]
+    return pod if status["restartCount"] and "running" in status["state"] else None
 
 
 def restart_trap(stage: Stage) -> dict[str, Restart]:
