@@ -38,6 +38,7 @@ from summary import Outcome, Phase, Strategy, Termination, machine, read_outcome
 
 from localkube import KUBERNETES_VERSION, Cluster, HarnessError, Kube, build_image, poll, workloads
 from localkube.observe import SIGTERM_LINES, Change, LogTap, Watch, first
+from localnacos.server import SERVER_VERSIONS
 
 NAMESPACE = "bench"
 #: The Nacos namespace the benchmark's service registers in, apart from anything else in the cluster.
@@ -401,7 +402,8 @@ def main(args: argparse.Namespace, strategies: dict[str, Strategy], rolls_of: Ca
         cluster.kube.apply(workloads.nacos(images["nacos2"]))
         cluster.kube.rollout_status("deployment/nacos", namespace=workloads.NACOS_NAMESPACE, timeout=600)
         nacos_ip: str = cluster.kube.pods(workloads.NACOS_NAMESPACE, "app=nacos")[0]["status"]["podIP"]
-        nacos = nacos_version(f"{nacos_ip}:8848") or "unknown"
+        # The image's server has no console module to ask: its version is the harness's.
+        nacos = nacos_version(f"{nacos_ip}:8848") or SERVER_VERSIONS[2]
         log(f"Nacos {nacos} at {nacos_ip}:8848 ({workloads.NACOS_ADDR} in the cluster)")
         bench = KubeBench(cluster.kube, images, nacos_ip, run_dir, replicas=args.providers, say=log)
 
