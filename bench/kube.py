@@ -357,8 +357,10 @@ def run(
 def java_version(kube: Kube) -> str:
     """``java -version`` inside a provider pod (the image's JRE, not this machine's)."""
     with contextlib.suppress(HarnessError, subprocess.SubprocessError):
-        result = kube.run("exec", f"deployment/{SERVICE}", "-n", NAMESPACE, "--", "java", "-version", check=False)
-        lines = [line for line in result.stderr.splitlines() if "JAVA_TOOL_OPTIONS" not in line]
+        # Without the pods' JAVA_TOOL_OPTIONS: one compiler thread is refused without the entrypoint's flags.
+        command = ("env", "-u", "JAVA_TOOL_OPTIONS", "java", "-version")
+        result = kube.run("exec", f"deployment/{SERVICE}", "-n", NAMESPACE, "--", *command, check=False)
+        lines = result.stderr.splitlines()
         if lines:
             return lines[0]
     return "unknown"
