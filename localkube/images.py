@@ -5,7 +5,7 @@
 | ``pause`` | the pod sandbox: the ``pause`` binary from ``go/kube/pause`` on scratch |
 | ``python`` | Debian bookworm (debootstrap) with python3.11: ``docker/Dockerfile``'s ``PYTHON_IMAGE`` |
 | ``prestop-agent`` | ``docker/Dockerfile`` itself, built on ``python``: the executable folder on scratch |
-| ``jre`` | Debian bookworm (debootstrap) with openjdk-17-jre-headless |
+| ``jre`` | Debian bookworm (debootstrap) with openjdk-17-jre-headless and curl |
 | ``provider`` | the benchmark's Spring Boot provider plus the README's one-line ``COPY --from`` agent layer |
 | ``consumer`` | the benchmark's Spring Cloud consumer |
 | ``shop`` | ``tests/e2e/shop``, the app the examples run: actuator probes, Nacos, the agent layer |
@@ -43,10 +43,11 @@ SHOP_PROJECT = "tests/e2e/shop"
 DEBIAN_SUITE = "bookworm"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 #: Packages added to debootstrap's minimal base for each Debian image. libpython3.11 and
-#: python3-venv because packaging/build-binary makes a venv and PyInstaller needs the shared library.
+#: python3-venv because packaging/build-binary makes a venv and PyInstaller needs the shared library;
+#: curl because the preStop scripts people use today call Nacos with it (bench/seed001-prestop.sh).
 DEBIAN_PACKAGES = {
     "python": ("python3", "python3-venv", "libpython3.11", "ca-certificates"),
-    "jre": ("openjdk-17-jre-headless", "ca-certificates"),
+    "jre": ("openjdk-17-jre-headless", "ca-certificates", "curl"),
 }
 #: Each image's base images: built first, and their tags are part of its hash.
 BASES: dict[str, tuple[str, ...]] = {

@@ -28,8 +28,7 @@ import yaml
 
 from localkube import HarnessError, Kube, Layout, build_image, hostnet, import_image
 from localkube.layout import REPO
-
-from .observe import LogTap, Watch
+from localkube.observe import LogTap, Watch
 
 #: Everything the cluster and its images need from the machine (Debian packages, Go, the JDK).
 REQUIRED_TOOLS = {
@@ -222,7 +221,7 @@ def _stop(process: subprocess.Popen[str], log: Path) -> None:
 @pytest.fixture(scope="session")
 def nacos_ip(cluster: LocalCluster) -> str:
     """A real Nacos 2.0.4 pod behind the headless Service ``nacos-headless.nacos``; its pod IP."""
-    from . import workloads
+    from localkube import workloads
 
     kube = cluster.kube
     kube.apply(workloads.nacos(cluster.image("nacos2")))

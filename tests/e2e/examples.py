@@ -17,10 +17,8 @@ from typing import Any
 
 import yaml
 
-from localkube import Kube
+from localkube import Kube, workloads
 from localkube.layout import REPO
-
-from . import workloads
 
 EXAMPLES = REPO / "k8s-examples"
 #: The examples' placeholder images, and the localkube image that plays each.

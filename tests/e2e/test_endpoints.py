@@ -22,11 +22,11 @@ from typing import Any
 import pytest
 import yaml
 
-from localkube import poll
+from localkube import poll, workloads
+from localkube.observe import SIGTERM_LINES, Change, LogTap, first
 
-from . import examples, workloads
+from . import examples
 from .conftest import Scenarios, Stage
-from .observe import SIGTERM_LINES, Change, LogTap, first
 
 NAMESPACE = "endpoints"
 WITH_RBAC, WITHOUT = "web", "web-norbac"

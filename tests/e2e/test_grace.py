@@ -29,11 +29,11 @@ from typing import Any
 import pytest
 import yaml
 
-from localkube import HarnessError, Kube, poll
+from localkube import HarnessError, Kube, poll, workloads
+from localkube.observe import SIGTERM_LINES, LogTap, first, parse_stamp
 
-from . import examples, workloads
+from . import examples
 from .conftest import Scenarios, Stage
-from .observe import SIGTERM_LINES, LogTap, first, parse_stamp
 
 EXAMPLE = "nacos-spring-cloud/orders.yaml"
 SERVICE = "orders"

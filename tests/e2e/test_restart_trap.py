@@ -25,11 +25,11 @@ from typing import Any
 import httpx
 import pytest
 
-from localkube import HarnessError, Kube, poll
+from localkube import HarnessError, Kube, poll, workloads
+from localkube.observe import LogTap, parse_stamp
 
-from . import examples, workloads
+from . import examples
 from .conftest import Scenarios, Stage
-from .observe import LogTap, parse_stamp
 
 EXAMPLE = "nacos-spring-cloud/orders.yaml"
 SERVICE = "orders"

@@ -25,11 +25,11 @@ from typing import Any
 
 import pytest
 
-from localkube import poll
+from localkube import poll, workloads
+from localkube.observe import SIGTERM_LINES, LogTap, Process, container_process, first
 
-from . import examples, traffic, workloads
+from . import examples, traffic
 from .conftest import Scenarios, Stage
-from .observe import SIGTERM_LINES, LogTap, Process, container_process, first
 
 EXAMPLE = "nacos-spring-cloud/orders.yaml"
 SERVICE = "orders"

@@ -25,11 +25,11 @@ from typing import Any
 import pytest
 import yaml
 
-from localkube import HarnessError, poll
+from localkube import HarnessError, poll, workloads
+from localkube.observe import SIGTERM_LINES, LogTap, Process, container_process, first
 
-from . import examples, workloads
+from . import examples
 from .conftest import Scenarios, Stage
-from .observe import SIGTERM_LINES, LogTap, Process, container_process, first
 
 SERVICE = "inventory"
 NACOS_NAMESPACE = "6f1c2a9e-prod"  # the example's

@@ -21,11 +21,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
-
-from localkube import HarnessError, Kube, poll
-
-from . import workloads
+from localkube import HarnessError, Kube, poll, workloads
 
 #: Spring Cloud LoadBalancer's default time-to-live of a cached instance list.
 CACHE_TTL_S = 35.0
@@ -54,35 +50,6 @@ class Call:
         return (self.t_ms + self.ms) / 1000
 
 
-def consumer_pod(name: str, namespace: str, image: str, *, nacos_namespace: str, url: str) -> str:
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": namespace, "labels": {"app": "consumer"}},
-        "spec": {
-            "terminationGracePeriodSeconds": 1,
-            "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "seccompProfile": {"type": "RuntimeDefault"}},
-            "containers": [
-                {
-                    "name": "consumer",
-                    "image": image,
-                    "imagePullPolicy": "Never",
-                    "env": [
-                        {"name": "SPRING_CLOUD_NACOS_DISCOVERY_SERVER_ADDR", "value": workloads.NACOS_ADDR},
-                        {"name": "SPRING_CLOUD_NACOS_DISCOVERY_NAMESPACE", "value": nacos_namespace},
-                        {"name": "BENCH_URL", "value": url},
-                        {"name": "BENCH_RATE", "value": str(RATE)},
-                        # As bench/ runs it: small and quick to start on a busy two-core node.
-                        {"name": "JAVA_TOOL_OPTIONS", "value": "-Xmx128m -XX:CICompilerCount=1"},
-                    ],
-                    "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
-                }
-            ],
-        },
-    }
-    return yaml.safe_dump(pod, sort_keys=False)
-
-
 def calls(kube: Kube, pod: str, namespace: str) -> list[Call]:
     """Every call the consumer recorded so far, in order."""
     found = []
@@ -108,7 +75,9 @@ class Consumers:
         self.kube.delete("pod", name, namespace=self.namespace)
         created = time.time()
         self.kube.apply(
-            consumer_pod(name, self.namespace, self.image, nacos_namespace=self.nacos_namespace, url=self.url)
+            workloads.consumer(
+                name, self.namespace, self.image, nacos_namespace=self.nacos_namespace, url=self.url, rate=RATE
+            )
         )
         first: Call = poll(
             lambda: next(iter(calls(self.kube, name, self.namespace)), None),

@@ -1,5 +1,6 @@
-"""Manifests the end-to-end tests apply: a real Nacos behind a headless Service, and the Spring
-provider as a Deployment whose pod spec carries the README's preStop snippet unchanged."""
+"""Manifests the end-to-end tests and the benchmark apply: a real Nacos behind a headless Service, the
+Spring provider as a Deployment whose pod spec carries the README's preStop snippet unchanged, and the
+benchmark's Spring Cloud consumer as a pod; and what that Nacos serves."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 import httpx
 import yaml
 
-from localkube import HarnessError
+from localkube.errors import HarnessError
 from localkube.layout import REPO
 
 NACOS_NAMESPACE = "nacos"
@@ -25,7 +26,8 @@ def readme_prestop_snippet() -> dict[str, Any]:
     text = (REPO / "README.md").read_text()
     section = text.split("## The preStop hook", 1)[1]
     match = re.search(r"```yaml\n(.*?)```", section, re.S)
-    assert match, "README.md's preStop section has no yaml block"
+    if match is None:
+        raise HarnessError("README.md's preStop section has no yaml block")
     snippet: dict[str, Any] = yaml.safe_load(match.group(1))["spec"]
     return snippet
 
@@ -80,8 +82,8 @@ def nacos(image: str) -> str:
     return yaml.safe_dump_all(objects, sort_keys=False)
 
 
-def provider(image: str, namespace: str, *, replicas: int = 1) -> str:
-    """The provider Deployment: the README's snippet, plus only what the app itself needs."""
+def provider_objects(image: str, namespace: str, *, replicas: int = 1) -> list[dict[str, Any]]:
+    """The provider's Namespace and Deployment: the README's snippet, plus only what the app itself needs."""
     snippet = readme_prestop_snippet()
     container = copy.deepcopy(snippet["containers"][0])
     container.update(
@@ -97,7 +99,7 @@ def provider(image: str, namespace: str, *, replicas: int = 1) -> str:
     labels = {"app": PROVIDER_SERVICE}
     pod_spec = {key: value for key, value in snippet.items() if key != "containers"}
     pod_spec["containers"] = [container]
-    objects = [
+    return [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
         {
             "apiVersion": "apps/v1",
@@ -110,7 +112,52 @@ def provider(image: str, namespace: str, *, replicas: int = 1) -> str:
             },
         },
     ]
-    return yaml.safe_dump_all(objects, sort_keys=False)
+
+
+def provider(image: str, namespace: str, *, replicas: int = 1) -> str:
+    """The provider Deployment (:func:`provider_objects`) as YAML."""
+    return yaml.safe_dump_all(provider_objects(image, namespace, replicas=replicas), sort_keys=False)
+
+
+def consumer(
+    name: str,
+    namespace: str,
+    image: str,
+    *,
+    nacos_namespace: str,
+    url: str,
+    rate: int,
+    env: dict[str, str] | None = None,
+) -> str:
+    """The benchmark's consumer as a pod: it calls ``url`` through Nacos ``rate`` times a second, one
+    JSON line per call on its stdout (``kubectl logs`` is the full record); ``env`` adds settings."""
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "labels": {"app": "consumer"}},
+        "spec": {
+            "terminationGracePeriodSeconds": 1,
+            "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [
+                {
+                    "name": "consumer",
+                    "image": image,
+                    "imagePullPolicy": "Never",
+                    "env": [
+                        {"name": "SPRING_CLOUD_NACOS_DISCOVERY_SERVER_ADDR", "value": NACOS_ADDR},
+                        {"name": "SPRING_CLOUD_NACOS_DISCOVERY_NAMESPACE", "value": nacos_namespace},
+                        {"name": "BENCH_URL", "value": url},
+                        {"name": "BENCH_RATE", "value": str(rate)},
+                        # As bench/ runs it: small and quick to start on a busy two-core node.
+                        {"name": "JAVA_TOOL_OPTIONS", "value": "-Xmx128m -XX:CICompilerCount=1"},
+                        *({"name": key, "value": value} for key, value in (env or {}).items()),
+                    ],
+                    "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+                }
+            ],
+        },
+    }
+    return yaml.safe_dump(pod, sort_keys=False)
 
 
 def _nacos_get(nacos_ip: str, path: str, params: dict[str, str | int]) -> httpx.Response:

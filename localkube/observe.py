@@ -1,4 +1,4 @@
-"""What the end-to-end tests see of the cluster while something happens in it.
+"""What the end-to-end tests and the benchmark see of the cluster while something happens in it.
 
 - container logs with the runtime's own timestamps, followed from before an action until the
   container ends (a deleted pod's log is gone from the API afterwards);
@@ -20,8 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from localkube import HarnessError, Kube, Layout, poll
 from localkube.cluster import ctr
+from localkube.errors import HarnessError
+from localkube.kubectl import Kube, poll
+from localkube.layout import Layout
 
 Event = dict[str, Any]
 
@@ -111,7 +113,8 @@ class LogTap:
                 args += [self.pod, "-n", self.namespace] + (["-c", self.container] if self.container else [])
                 args += [f"--since-time={since}"] if since else []
                 self._process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-                assert self._process.stdout is not None
+                if self._process.stdout is None:
+                    raise HarnessError("kubectl logs -f has no output pipe")
                 for line in self._process.stdout:
                     stamp = line.partition(" ")[0]
                     if not (stamp.endswith("Z") and "T" in stamp):
@@ -186,7 +189,8 @@ class Watch:
         self._reader.start()
 
     def _read(self) -> None:
-        assert self._process.stdout is not None
+        if self._process.stdout is None:
+            raise HarnessError("kubectl get --watch has no output pipe")
         decoder = json.JSONDecoder()
         buffer = ""
         for line in self._process.stdout:
@@ -215,10 +219,13 @@ class Watch:
                     raise HarnessError(f"{what}: not seen in the {self.what} watch within {timeout:.0f} s")
                 self._changed.wait(timeout=min(left, 1.0))
 
-    def of(self, name: str) -> Iterator[Change]:
+    def seen(self) -> list[Change]:
+        """Every change so far, in order of arrival."""
         with self._changed:
-            seen = list(self.changes)
-        return (change for change in seen if change.object.get("metadata", {}).get("name") == name)
+            return list(self.changes)
+
+    def of(self, name: str) -> Iterator[Change]:
+        return (change for change in self.seen() if change.object.get("metadata", {}).get("name") == name)
 
     def stop(self) -> None:
         if self._process.poll() is None:
