@@ -68,6 +68,10 @@ def first(lines: list[tuple[dt.datetime, str]], *markers: str) -> dt.datetime | 
 SIGTERM_LINES = ("De-registering from Nacos Server now", "Commencing graceful shutdown", "Start destroying")
 
 
+#: How long the kubelet may take to report a container's end after its log stream closed.
+END_REPORT_S = 30.0
+
+
 class LogTap:
     """``kubectl logs -f --timestamps`` of one container into a file, until that container ends.
 
@@ -124,12 +128,27 @@ class LogTap:
                         since = stamp
                         out.write(line)
                         out.flush()
-                self._process.wait()
+                clean = self._process.wait() == 0
                 self._process.stdout.close()
-                if self._stopping.is_set() or self._over():
+                if self._stopping.is_set() or self._ended_by_now(clean):
                     break
-                time.sleep(0.5)  # the kubelet may not have reported the end yet
         self._ended.set()
+
+    def _ended_by_now(self, clean: bool) -> bool:
+        """Whether the container followed is over, once the kubelet has had time to report it.
+
+        A stream that ends cleanly is a container that exited; the kubelet reports that a little
+        later, and after a restart ``kubectl logs`` would already follow the next container. So a
+        clean end waits for the report (up to ``END_REPORT_S``) rather than following again at
+        once; a broken stream (an error, a restarted API server) is followed again after a pause.
+        """
+        deadline = time.monotonic() + (END_REPORT_S if clean else 0.5)
+        while True:
+            if self._over():
+                return True
+            if time.monotonic() >= deadline or self._stopping.is_set():
+                return False
+            time.sleep(0.5)
 
     def attached(self, timeout: float = 60.0) -> LogTap:
         """Wait until the stream has delivered the log so far (every container here has logged by then)."""

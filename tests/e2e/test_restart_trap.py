@@ -64,7 +64,9 @@ def overlay(namespace: str, images: dict[str, str]) -> examples.Overlay:
     probe = {"httpGet": {"path": "/actuator/health/liveness", "port": "http"}}
     container: dict[str, Any] = {
         "name": "orders",
-        "livenessProbe": {**probe, "periodSeconds": 2, "failureThreshold": 1},
+        # A broken app fails every probe; two in a row, each allowed 5 s, keep a slow answer on a
+        # busy node from restarting a healthy container.
+        "livenessProbe": {**probe, "periodSeconds": 2, "timeoutSeconds": 5, "failureThreshold": 2},
         "startupProbe": {**probe, "periodSeconds": 1, "failureThreshold": 120},
     }
     if namespace == WITHOUT_HOOK:

@@ -257,9 +257,11 @@ def test_the_sidecar_runs_non_root_with_a_read_only_root(scenarios: Scenarios, n
 def test_a_5xx_from_prestop_is_no_failed_hook_for_the_kubelet(scenarios: Scenarios) -> None:
     drain: Drain = scenarios.result(sidecars)[FAILING]
     calls = _requests(drain.sidecar, "/prestop")
-    assert [call["status"] for _, call in calls] == [504], calls
+    # 504 when the budget ran out; 502 when, on a busy node, Nacos did not answer within it.
+    assert [call["status"] for _, call in calls] in ([504], [502]), calls
     report = drain.sidecar.named("deregister_finished")[0][1]
-    assert report["outcome"] == "budget_exhausted", report
+    assert report["ok"] is False, report
+    assert report["outcome"] == ("budget_exhausted" if calls[0][1]["status"] == 504 else "failed"), report
     reasons = [event["reason"] for event in drain.events]
     assert "FailedPreStopHook" not in reasons, drain.events
     # SIGTERM came right after the answer, not at the end of the grace period.
