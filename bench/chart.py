@@ -72,8 +72,10 @@ def draw(  # noqa: PLR0912, PLR0915 - one figure, drawn top to bottom
     ax_rate.legend(loc="lower left", fontsize=8, ncol=4, framealpha=0.9)
     consumers = result["settings"].get("consumers", {"cached": ""})
     through = {"cached": "35 s cache", "push": "cache off, following Nacos pushes"}
+    kubernetes = result["versions"].get("kubernetes")
+    where = f"Kubernetes {kubernetes} Deployment: " if kubernetes else ""
     ax_rate.set_title(
-        f"Rolling update of {result['settings']['providers']} providers, consumer at "
+        f"{where}Rolling update of {result['settings']['providers']} providers, consumer at "
         f"{result['settings']['rate_per_s']} req/s through Spring Cloud LoadBalancer "
         f"({'; then '.join(through.get(c, c) for c in consumers)}) - {result['date'][:10]}",
         fontsize=11,

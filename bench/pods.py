@@ -119,6 +119,18 @@ def served(addr: str) -> set[tuple[str, int]]:
     return set()
 
 
+def nacos_version(addr: str) -> str | None:
+    for path in ("/nacos/v1/console/server/state", "/nacos/v3/admin/core/state"):
+        with contextlib.suppress(OSError, ValueError):
+            status, body = http_get(f"http://{addr}{path}")
+            if status == 200:
+                data = json.loads(body)
+                data = data.get("data", data) if isinstance(data, dict) else data
+                if isinstance(data, dict) and data.get("version"):
+                    return str(data["version"])
+    return None
+
+
 @dataclasses.dataclass
 class Pod:
     name: str

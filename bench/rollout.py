@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import json
 import random
 import shutil
 import signal
@@ -51,20 +50,16 @@ from pods import (  # noqa: E402
     Cluster,
     Nacos,
     Pod,
-    http_get,
+    nacos_version,
 )
 from summary import (  # noqa: E402
     Outcome,
     Phase,
     Strategy,
-    compare,
-    comparison_table,
     machine,
-    outcomes_as_rows,
     read_outcomes,
-    summarize,
-    table,
     versions,
+    write_results,
 )
 
 from localnacos.machine import cache_dir, stop_all  # noqa: E402
@@ -154,18 +149,6 @@ def nacos_server(existing: str | None, major: str) -> Iterator[Nacos]:
         yield Nacos(server.http_addr, server.version)
 
 
-def nacos_version(addr: str) -> str | None:
-    for path in ("/nacos/v1/console/server/state", "/nacos/v3/admin/core/state"):
-        with contextlib.suppress(OSError, ValueError):
-            status, body = http_get(f"http://{addr}{path}")
-            if status == 200:
-                data = json.loads(body)
-                data = data.get("data", data) if isinstance(data, dict) else data
-                if isinstance(data, dict) and data.get("version"):
-                    return str(data["version"])
-    return None
-
-
 # -- one roll per strategy --------------------------------------------------------------------------
 
 
@@ -249,7 +232,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--results", type=Path, default=BENCH / "results", help="where the JSON and PNG go")
     p.add_argument("--name", help="file name stem for the results (default: today's date)")
     p.add_argument("--no-chart", action="store_true", help="skip the PNG")
+    p.add_argument(
+        "--kube",
+        action="store_true",
+        help="roll a real Deployment in a local Kubernetes cluster (localkube/, root), started and stopped\n"
+        "by the run: Nacos, the providers and the consumer run as pods (--nacos, --rolls: not with --kube)",
+    )
     args = p.parse_args(argv)
+    if args.kube and (args.nacos or args.rolls or args.nacos_major != "2"):
+        p.error("--kube runs its own Nacos 2.x pod and rolls every replica: drop --nacos, --nacos-major and --rolls")
     unknown = [s for s in args.strategies.split(",") if s not in STRATEGIES]
     if unknown:
         p.error(f"unknown strategies {unknown}; known: {DEFAULT_STRATEGIES}")
@@ -265,6 +256,10 @@ def rolls_of(strategy: Strategy, agent_rolls: int) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0915 - the run, top to bottom
     args = parse_args(argv)
+    if args.kube:
+        from kube import main as in_cluster
+
+        return in_cluster(args, STRATEGIES, rolls_of)
     strategies = [STRATEGIES[s] for s in args.strategies.split(",")]
     rolls = args.rolls or args.providers
     stem = args.name or dt.date.today().isoformat()
@@ -320,43 +315,29 @@ def main(argv: Sequence[str] | None = None) -> int:  # noqa: PLR0915 - the run, 
     finally:
         stop_all()
 
-    rows = [summarize(p, outcomes.get(p.consumer, [])) for p in phases]
-    comparison = compare(rows)
-    result = {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
-        "versions": versions(nacos.version),
-        "settings": {
-            "providers": args.providers,
-            "rolls_per_strategy": rolls,
-            "rate_per_s": args.rate,
-            "settle_s": args.settle,
-            "settle_jitter_s": args.jitter,
-            "seed": args.seed,
-            "jvm_flags": list(JVM_FLAGS),
-            "consumers": {kind: CONSUMERS[kind] for kind in args.consumers.split(",")},
-            "agent_rolls": args.agent_rolls,
-        },
-        "total_s": round(time.time() - began, 1),
-        "run_dir": str(run_dir.relative_to(REPO)) if run_dir.is_relative_to(REPO) else str(run_dir),
-        "strategies": rows,
-        "comparison": comparison,
+    settings = {
+        "providers": args.providers,
+        "rolls_per_strategy": rolls,
+        "rate_per_s": args.rate,
+        "settle_s": args.settle,
+        "settle_jitter_s": args.jitter,
+        "seed": args.seed,
+        "jvm_flags": list(JVM_FLAGS),
+        "consumers": {kind: CONSUMERS[kind] for kind in args.consumers.split(",")},
+        "agent_rolls": args.agent_rolls,
     }
-    args.results.mkdir(parents=True, exist_ok=True)
-    json_path = args.results / f"{stem}.json"
-    json_path.write_text(json.dumps(result, indent=2) + "\n")
-    print(table(rows))
-    print()
-    print(comparison_table(comparison))
-    print(f"\nresults: {json_path}")
-    if not args.no_chart:
-        from chart import draw
-
-        png = args.results / f"{stem}.png"
-        origin = phases[0].started - 15.0 if phases else began
-        every = sorted((o for kind in outcomes.values() for o in kind), key=lambda o: o.t)
-        draw(result, outcomes_as_rows(every, origin), png, origin)
-        print(f"chart:   {png}")
+    write_results(
+        phases,
+        outcomes,
+        machine=machine(),
+        versions=versions(nacos.version),
+        settings=settings,
+        total_s=time.time() - began,
+        run_dir=run_dir,
+        results=args.results,
+        stem=stem,
+        chart=not args.no_chart,
+    )
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime as dt
 import json
 import os
 import platform
@@ -42,6 +43,11 @@ class Termination:
     sigkilled: bool = False
     hook_cpu_s: float | None = None
     hook_peak_rss_kib: int | None = None
+    # In a cluster: the container's exit code, the kubelet's FailedPreStopHook messages, and the
+    # outcome in the agent's deregister_finished line.
+    exit_code: int | None = None
+    hook_events: list[str] = dataclasses.field(default_factory=list)
+    agent_outcome: str | None = None
 
 
 @dataclasses.dataclass
@@ -301,3 +307,48 @@ def versions(nacos_version: str) -> dict[str, str]:
 
 def outcomes_as_rows(outcomes: Sequence[Outcome], began: float) -> list[tuple[float, str, str]]:
     return [(o.t - began, o.kind, f"{o.host}:{o.port}" if o.host else "none") for o in outcomes]
+
+
+def write_results(
+    phases: Sequence[Phase],
+    outcomes: dict[str, list[Outcome]],
+    *,
+    machine: dict[str, Any],
+    versions: dict[str, str],
+    settings: dict[str, Any],
+    total_s: float,
+    run_dir: Path,
+    results: Path,
+    stem: str,
+    chart: bool,
+) -> dict[str, Any]:
+    """The run's JSON (every number, per pod too), its tables on the terminal, and the chart."""
+    rows = [summarize(p, outcomes.get(p.consumer, [])) for p in phases]
+    comparison = compare(rows)
+    began = phases[0].started if phases else 0.0
+    result = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine,
+        "versions": versions,
+        "settings": settings,
+        "total_s": round(total_s, 1),
+        "run_dir": str(run_dir.relative_to(REPO)) if run_dir.is_relative_to(REPO) else str(run_dir),
+        "strategies": rows,
+        "comparison": comparison,
+    }
+    results.mkdir(parents=True, exist_ok=True)
+    json_path = results / f"{stem}.json"
+    json_path.write_text(json.dumps(result, indent=2) + "\n")
+    print(table(rows))
+    print()
+    print(comparison_table(comparison))
+    print(f"\nresults: {json_path}")
+    if chart and phases:
+        from chart import draw
+
+        png = results / f"{stem}.png"
+        origin = began - 15.0
+        every = sorted((o for kind in outcomes.values() for o in kind), key=lambda o: o.t)
+        draw(result, outcomes_as_rows(every, origin), png, origin)
+        print(f"chart:   {png}")
+    return result

@@ -5,9 +5,10 @@
 | ``pause`` | the pod sandbox: the ``pause`` binary from ``go/kube/pause`` on scratch |
 | ``python`` | Debian bookworm (debootstrap) with python3.11: ``docker/Dockerfile``'s ``PYTHON_IMAGE`` |
 | ``prestop-agent`` | ``docker/Dockerfile`` itself, built on ``python``: the executable folder on scratch |
-| ``jre`` | Debian bookworm (debootstrap) with openjdk-17-jre-headless |
+| ``jre`` | Debian bookworm (debootstrap) with openjdk-17-jre-headless and curl |
 | ``provider`` | the benchmark's Spring Boot provider plus the README's one-line ``COPY --from`` agent layer |
 | ``consumer`` | the benchmark's Spring Cloud consumer |
+| ``shop`` | ``tests/e2e/shop``, the app the examples run: actuator probes, Nacos, the agent layer |
 | ``nacos2`` | the localnacos Nacos 2.0.4 server, standalone |
 
 Each image is tagged ``localhost/localkube/<name>:<hash>``, the hash covering its own inputs and
@@ -37,13 +38,16 @@ from localkube.errors import HarnessError
 from localkube.layout import REPO, ROOT, Layout
 
 CONTAINERFILES = ROOT / "images"
+#: The Spring app the end-to-end tests deploy through the examples (a Maven project).
+SHOP_PROJECT = "tests/e2e/shop"
 DEBIAN_SUITE = "bookworm"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 #: Packages added to debootstrap's minimal base for each Debian image. libpython3.11 and
-#: python3-venv because packaging/build-binary makes a venv and PyInstaller needs the shared library.
+#: python3-venv because packaging/build-binary makes a venv and PyInstaller needs the shared library;
+#: curl because the preStop scripts people use today call Nacos with it (bench/seed001-prestop.sh).
 DEBIAN_PACKAGES = {
     "python": ("python3", "python3-venv", "libpython3.11", "ca-certificates"),
-    "jre": ("openjdk-17-jre-headless", "ca-certificates"),
+    "jre": ("openjdk-17-jre-headless", "ca-certificates", "curl"),
 }
 #: Each image's base images: built first, and their tags are part of its hash.
 BASES: dict[str, tuple[str, ...]] = {
@@ -53,6 +57,7 @@ BASES: dict[str, tuple[str, ...]] = {
     "prestop-agent": ("python",),
     "provider": ("jre", "prestop-agent"),
     "consumer": ("jre",),
+    "shop": ("jre", "prestop-agent"),
     "nacos2": ("jre",),
 }
 NAMES = tuple(BASES)
@@ -111,6 +116,8 @@ class Builder:
             own += _tree(REPO, "docker/Dockerfile", "pyproject.toml", "README.md", "prestop_agent", "packaging")
         elif name in ("provider", "consumer"):
             own += _tree(REPO, "bench/pom.xml", "bench/provider", "bench/consumer")
+        elif name == "shop":
+            own += _tree(REPO, SHOP_PROJECT)
         elif name == "nacos2":
             own += _tree(REPO, "localnacos/server-2x")
         return own
@@ -224,6 +231,8 @@ class Builder:
                 f"--file={REPO / 'docker' / 'Dockerfile'}",
                 f"--ignorefile={REPO / 'docker' / 'Dockerfile.dockerignore'}",
                 f"--build-arg=PYTHON_IMAGE={self.ref('python')}",
+                # No registry here: the glibc base the agent runs on is the same Debian root.
+                f"--build-arg=RUNTIME_IMAGE={self.ref('python')}",
                 f"--tag={self.ref(name)}",
                 str(REPO),
                 log=log,
@@ -232,6 +241,8 @@ class Builder:
         elif name in ("provider", "consumer"):
             provider, consumer = _bench_jars()
             shutil.copy2(provider if name == "provider" else consumer, work / "app.jar")
+        elif name == "shop":
+            shutil.copy2(_shop_jar(), work / "app.jar")
         elif name == "nacos2":
             _nacos_context(work)
         self._bud(CONTAINERFILES / f"{name}.Containerfile", work, name, log)
@@ -289,6 +300,28 @@ def _bench_jars() -> tuple[Path, Path]:
     spec.loader.exec_module(module)
     jars: tuple[Path, Path] = module.build_apps()
     return jars
+
+
+def _shop_jar() -> Path:
+    """The examples' app, built with Maven into the cache (never into the checkout), once per source hash."""
+    from localnacos.machine import cache_dir
+    from localnacos.maven import made_once, maven, project_files, sources_hash
+
+    source = REPO / SHOP_PROJECT
+    target = cache_dir() / "build" / f"shop-{sources_hash(source, project_files(source))}"
+
+    def make(directory: Path) -> None:
+        maven(
+            f"-Dshop.buildDir={directory / 'target'}",
+            "-DskipTests",
+            "-f",
+            str(source / "pom.xml"),
+            "package",
+            what="the examples' app (tests/e2e/shop)",
+            jvm_options="-XX:TieredStopAtLevel=1 -Xmx512m",
+        )
+
+    return made_once(target, make) / "target" / "shop.jar"
 
 
 def _nacos_context(work: Path) -> None:

@@ -9,7 +9,9 @@ failure, as is any build or start-up error.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import datetime as dt
 import os
 import shutil
 import signal
@@ -17,14 +19,16 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any, TypeVar
 
 import pytest
+import yaml
 
 from localkube import HarnessError, Kube, Layout, build_image, hostnet, import_image
 from localkube.layout import REPO
+from localkube.observe import LogTap, Watch
 
 #: Everything the cluster and its images need from the machine (Debian packages, Go, the JDK).
 REQUIRED_TOOLS = {
@@ -47,6 +51,10 @@ STOP_TIMEOUT_S = 300.0
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "e2e: runs in a real Kubernetes cluster started on this machine")
+    config.addinivalue_line(
+        "markers",
+        "scenario(fn, alone=False): the test asserts on what fn(stage) observed; selected scenarios run side by side",
+    )
 
 
 def in_ci() -> bool:
@@ -213,10 +221,145 @@ def _stop(process: subprocess.Popen[str], log: Path) -> None:
 @pytest.fixture(scope="session")
 def nacos_ip(cluster: LocalCluster) -> str:
     """A real Nacos 2.0.4 pod behind the headless Service ``nacos-headless.nacos``; its pod IP."""
-    from . import workloads
+    from localkube import workloads
 
     kube = cluster.kube
     kube.apply(workloads.nacos(cluster.image("nacos2")))
     cluster.rollout("deployment/nacos", namespace=workloads.NACOS_NAMESPACE)
     ip: str = kube.pods(workloads.NACOS_NAMESPACE, "app=nacos")[0]["status"]["podIP"]
     return ip
+
+
+# -- scenarios: everything that happens in the cluster, run side by side --------------------------
+
+#: Images the scenarios deploy besides the session's: the examples' app, the agent's own image
+#: (the sidecar), the benchmark's consumer, the sandbox image as a container that does nothing, and
+#: Debian's python for small helpers (a client, a silent server).
+SCENARIO_IMAGES = ("shop", "prestop-agent", "consumer", "pause", "python")
+#: A scenario that has not finished by then is reported as hung (each has its own, shorter waits).
+SCENARIO_TIMEOUT_S = 1500.0
+T = TypeVar("T")
+
+
+class Stage:
+    """What one scenario gets: the cluster, Nacos, image references and a directory of its own."""
+
+    def __init__(self, name: str, cluster: LocalCluster, nacos_ip: str, images: dict[str, str], directory: Path):
+        self.name = name
+        self.cluster = cluster
+        self.kube = cluster.kube
+        self.nacos_ip = nacos_ip
+        self.images = images
+        self.dir = directory
+        self.namespaces: list[str] = []
+        self._running: list[LogTap | Watch] = []
+        self._log = directory / "progress.log"
+
+    def namespace(self, name: str, *, restricted: bool = False) -> str:
+        """Create a namespace for this scenario; ``restricted``: Pod Security "restricted" enforced."""
+        labels = {"pod-security.kubernetes.io/enforce": "restricted"} if restricted else {}
+        namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
+        self.kube.apply(yaml.safe_dump(namespace))
+        self.namespaces.append(name)
+        return name
+
+    def tap(self, pod: str, *, namespace: str, container: str | None = None) -> LogTap:
+        """Follow a container's log into this scenario's directory until it ends (stopped at the end anyway)."""
+        name = f"{namespace}.{pod}" + (f".{container}" if container else "")
+        tap = LogTap(self.kube, pod, namespace=namespace, container=container, into=self.dir / f"{name}.log")
+        self._running.append(tap)
+        return tap.attached()
+
+    def watch(self, kind: str, *, namespace: str, selector: str | None = None) -> Watch:
+        watch = Watch(self.kube, kind, namespace=namespace, selector=selector)
+        self._running.append(watch)
+        return watch
+
+    def close(self) -> None:
+        """Stop every log follower and watch still running (a scenario that failed leaves some)."""
+        for running in self._running:
+            running.stop()
+
+    def say(self, message: str) -> None:
+        line = f"{dt.datetime.now(dt.UTC):%H:%M:%S.%f}"[:-3] + f" {self.name}: {message}"
+        with self._log.open("a") as log:
+            log.write(line + "\n")
+        print(line, file=sys.stderr, flush=True)
+
+    def diagnose(self) -> str:
+        return "\n".join(self.cluster.diagnose(namespace) for namespace in self.namespaces)
+
+
+class Scenarios:
+    """The selected scenarios, started together; a test waits for the one it asserts on."""
+
+    def __init__(self, futures: dict[str, concurrent.futures.Future[Any]], stages: dict[str, Stage]) -> None:
+        self._futures = futures
+        self._stages = stages
+
+    def result(self, scenario: Callable[[Stage], T]) -> T:
+        future = self._futures[scenario.__name__]
+        try:
+            result: T = future.result(timeout=SCENARIO_TIMEOUT_S)
+        except concurrent.futures.TimeoutError:
+            stage = self._stages[scenario.__name__]
+            hung = f"scenario {scenario.__name__} still running after {SCENARIO_TIMEOUT_S:.0f} s"
+            pytest.fail(f"{hung}\n{stage.diagnose()}")
+        except HarnessError as exc:
+            stage = self._stages[scenario.__name__]
+            pytest.fail(f"scenario {scenario.__name__}: {exc}\nfiles: {stage.dir}\n{stage.diagnose()}")
+        return result
+
+    def stage(self, scenario: Callable[[Stage], Any]) -> Stage:
+        return self._stages[scenario.__name__]
+
+
+@pytest.fixture(scope="session")
+def scenarios(
+    request: pytest.FixtureRequest, cluster: LocalCluster, nacos_ip: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Scenarios]:
+    """Run the selected scenarios: those marked ``alone=True`` first, one at a time, then the rest at once.
+
+    Java apps start slowly on two cores, and a dozen at once starve each other and Nacos (a start
+    took three minutes): the rollout, whose callers' timing matters, gets the machine to itself.
+    """
+    wanted: dict[str, Callable[[Stage], Any]] = {}
+    alone: list[str] = []
+    for item in request.session.items:
+        for marker in item.iter_markers("scenario"):
+            name = marker.args[0].__name__
+            wanted[name] = marker.args[0]
+            if marker.kwargs.get("alone") and name not in alone:
+                alone.append(name)
+    images = {name: cluster.image(name) for name in SCENARIO_IMAGES}
+    stages = {
+        name: Stage(name, cluster, nacos_ip, images, tmp_path_factory.mktemp(name, numbered=False)) for name in wanted
+    }
+    turns = {name: threading.Event() for name in alone}
+    together = threading.Event()
+    if not alone:
+        together.set()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(wanted)), thread_name_prefix="scenario") as pool:
+        futures = {}
+        for index, name in enumerate(alone):
+            after = turns[alone[index - 1]] if index else None
+            done = turns[name] if index + 1 < len(alone) else together
+            futures[name] = pool.submit(_play, wanted[name], stages[name], after, done)
+        for name, run in wanted.items():
+            if name not in alone:
+                futures[name] = pool.submit(_play, run, stages[name], together, None)
+        yield Scenarios(futures, stages)
+        # Leaving waits for every scenario: none may still act on the cluster while it stops.
+
+
+def _play(
+    scenario: Callable[[Stage], T], stage: Stage, after: threading.Event | None, done: threading.Event | None
+) -> T:
+    if after is not None:
+        after.wait()
+    try:
+        return scenario(stage)
+    finally:
+        stage.close()
+        if done is not None:
+            done.set()

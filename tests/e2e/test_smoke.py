@@ -19,9 +19,8 @@ from typing import Any
 
 import pytest
 
-from localkube import poll
+from localkube import poll, workloads
 
-from . import workloads
 from .conftest import LocalCluster
 
 pytestmark = pytest.mark.e2e
