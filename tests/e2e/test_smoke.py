@@ -12,49 +12,19 @@ own timestamps.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from localkube import poll, workloads
+from localkube.observe import SIGTERM_LINES, agent_events, first, timestamped
 
 from .conftest import LocalCluster
 
 pytestmark = pytest.mark.e2e
 
 NAMESPACE = "smoke"
-#: Lines the app writes only once the JVM got SIGTERM: the Nacos client's own shutdown hooks, and
-#: Spring's context close (it deregisters, waits 10 s by itself, then shuts Tomcat down gracefully).
-SIGTERM_LINES = ("Start destroying", "De-registering from Nacos Server now", "Commencing graceful shutdown")
-
-
-def _timestamped(path: Path) -> list[tuple[dt.datetime, str]]:
-    """``kubectl logs --timestamps`` lines as (time, text); RFC 3339 with nanoseconds cut to micro."""
-    lines = []
-    for raw in path.read_text(errors="replace").splitlines():
-        stamp, _, text = raw.partition(" ")
-        if not stamp.endswith("Z") or "T" not in stamp:
-            continue
-        seconds, _, fraction = stamp.removesuffix("Z").partition(".")
-        moment = dt.datetime.fromisoformat(f"{seconds}.{(fraction or '0')[:6]:0<6}+00:00")
-        lines.append((moment, text))
-    return lines
-
-
-def _agent_events(lines: list[tuple[dt.datetime, str]]) -> list[tuple[dt.datetime, dict[str, Any]]]:
-    events = []
-    for moment, text in lines:
-        if text.startswith("{"):
-            try:
-                event = json.loads(text)
-            except ValueError:
-                continue
-            if isinstance(event, dict) and "event" in event:
-                events.append((moment, event))
-    return events
 
 
 def test_delete_pod_runs_the_agent_before_sigterm(cluster: LocalCluster, nacos_ip: str, tmp_path: Path) -> None:
@@ -86,19 +56,19 @@ def test_delete_pod_runs_the_agent_before_sigterm(cluster: LocalCluster, nacos_i
             follower.terminate()
             follower.wait(timeout=10)
 
-    lines = _timestamped(log)
-    events = _agent_events(lines)
+    lines = timestamped(log.read_text(errors="replace"))
+    events = agent_events(lines)
     names = [event["event"] for _, event in events]
     assert "instance_disabled" in names, f"the agent's lines are not in kubectl logs:\n{log.read_text()}"
     finished = [(moment, event) for moment, event in events if event["event"] == "deregister_finished"]
     assert len(finished) == 1, names
     finished_at, report = finished[0]
     assert report["ok"] is True, report
-    sigterm = [moment for moment, text in lines if any(marker in text for marker in SIGTERM_LINES)]
-    assert sigterm, f"the app never logged its shutdown (no SIGTERM?):\n{log.read_text()}"
+    sigterm = first(lines, *SIGTERM_LINES)
+    assert sigterm is not None, f"the app never logged its shutdown (no SIGTERM?):\n{log.read_text()}"
     # The kubelet sends SIGTERM only when the hook has exited; the agent's last line comes first.
-    assert finished_at < sigterm[0], (finished_at, sigterm[0])
+    assert finished_at < sigterm, (finished_at, sigterm)
     # The instance left the registry because of the agent, before the app was told to stop.
-    assert dt.datetime.fromtimestamp(left_nacos, dt.UTC) < sigterm[0], (left_nacos, sigterm[0])
+    assert dt.datetime.fromtimestamp(left_nacos, dt.UTC) < sigterm, (left_nacos, sigterm)
     failed_hooks = [e for e in kube.events(NAMESPACE, involving=name) if e.get("reason") == "FailedPreStopHook"]
     assert not failed_hooks, failed_hooks
