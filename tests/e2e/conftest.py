@@ -26,9 +26,11 @@ from typing import IO, Any, TypeVar
 import pytest
 import yaml
 
-from localkube import HarnessError, Kube, Layout, build_image, hostnet, import_image
+from localkube import HarnessError, Kube, Layout, build_image, hostnet, import_image, poll, workloads
 from localkube.layout import REPO
 from localkube.observe import LogTap, Watch
+
+from . import examples
 
 #: Everything the cluster and its images need from the machine (Debian packages, Go, the JDK).
 REQUIRED_TOOLS = {
@@ -262,6 +264,25 @@ class Stage:
         self.kube.apply(yaml.safe_dump(namespace))
         self.namespaces.append(name)
         return name
+
+    def deploy(
+        self, example: examples.Overlay, namespace: str, *, service: str, nacos_namespace: str | None = None
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """Apply a one-replica overlay, wait for its rollout and until Nacos serves its pod on 8080.
+
+        Returns the objects as applied and the pod. ``nacos_namespace``: where the app registers,
+        when not in a Nacos namespace named like the Kubernetes one.
+        """
+        applied = example.apply(self.kube, self.dir / namespace)
+        self.cluster.rollout(f"deployment/{service}", namespace=namespace)
+        pod = self.kube.pods(namespace, f"app={service}")[0]
+        ip = pod["status"]["podIP"]
+        poll(
+            lambda: (ip, 8080) in workloads.served(self.nacos_ip, service, nacos_namespace or namespace),
+            timeout=180,
+            what=f"{namespace}: {ip}:8080 served by Nacos",
+        )
+        return applied, pod
 
     def tap(self, pod: str, *, namespace: str, container: str | None = None) -> LogTap:
         """Follow a container's log into this scenario's directory until it ends (stopped at the end anyway)."""

@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 import yaml
 
-from localkube import HarnessError, Kube, poll, workloads
+from localkube import HarnessError, Kube, poll
 from localkube.observe import SIGTERM_LINES, LogTap, first, parse_stamp
 
 from . import examples
@@ -134,18 +134,9 @@ def _check(rendered: list[dict[str, Any]], stage: Stage, namespace: str) -> tupl
 
 
 def _start(stage: Stage, namespace: str, silent_nacos: str | None) -> tuple[int, str, str, str]:
-    kube = stage.kube
-    example = overlay(namespace, stage.images, silent_nacos)
-    check_exit, check_output = _check(example.apply(kube, stage.dir / namespace), stage, namespace)
-    stage.cluster.rollout(f"deployment/{SERVICE}", namespace=namespace)
-    pod = kube.pods(namespace, f"app={SERVICE}")[0]
-    name, ip = pod["metadata"]["name"], pod["status"]["podIP"]
-    poll(
-        lambda: (ip, 8080) in workloads.served(stage.nacos_ip, SERVICE, namespace),
-        timeout=180,
-        what=f"{namespace}: {ip}:8080 served",
-    )
-    return check_exit, check_output, name, ip
+    applied, pod = stage.deploy(overlay(namespace, stage.images, silent_nacos), namespace, service=SERVICE)
+    check_exit, check_output = _check(applied, stage, namespace)
+    return check_exit, check_output, pod["metadata"]["name"], pod["status"]["podIP"]
 
 
 def _end(stage: Stage, namespace: str, name: str) -> tuple[dt.datetime, LogTap, dict[str, Any]]:

@@ -85,16 +85,10 @@ def overlay(namespace: str, images: dict[str, str]) -> examples.Overlay:
 def _restart(stage: Stage, namespace: str) -> Restart:
     kube = stage.kube
     example = overlay(namespace, stage.images)
-    changed = examples.changed_paths(example.documents(), example.apply(kube, stage.dir / namespace))
-    stage.cluster.rollout(f"deployment/{SERVICE}", namespace=namespace)
-    pod = kube.pods(namespace, f"app={SERVICE}")[0]
+    applied, pod = stage.deploy(example, namespace, service=SERVICE)
+    changed = examples.changed_paths(example.documents(), applied)
     name, uid, ip = pod["metadata"]["name"], pod["metadata"]["uid"], pod["status"]["podIP"]
     endpoint = (ip, 8080)
-    poll(
-        lambda: endpoint in workloads.served(stage.nacos_ip, SERVICE, namespace),
-        timeout=180,
-        what=f"{namespace}: {ip}:8080 served",
-    )
     first_log = stage.tap(name, namespace=namespace)
     broken = dt.datetime.now(dt.UTC)
     httpx.post(f"http://{ip}:8080/liveness/broken", timeout=60).raise_for_status()

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
-from localkube import HarnessError, poll, workloads
+from localkube import HarnessError, workloads
 from localkube.observe import SIGTERM_LINES, LogTap, Process, container_process, first
 
 from . import examples
@@ -93,15 +93,9 @@ def overlay(namespace: str, images: dict[str, str]) -> examples.Overlay:
 def _drain(stage: Stage, namespace: str) -> Drain:
     kube = stage.kube
     example = overlay(namespace, stage.images)
-    changed = examples.changed_paths(example.documents(), example.apply(kube, stage.dir / namespace))
-    stage.cluster.rollout(f"deployment/{SERVICE}", namespace=namespace)
-    pod = kube.pods(namespace, f"app={SERVICE}")[0]
+    applied, pod = stage.deploy(example, namespace, service=SERVICE, nacos_namespace=NACOS_NAMESPACE)
+    changed = examples.changed_paths(example.documents(), applied)
     name, ip = pod["metadata"]["name"], pod["status"]["podIP"]
-    poll(
-        lambda: (ip, 8080) in workloads.served(stage.nacos_ip, SERVICE, NACOS_NAMESPACE),
-        timeout=180,
-        what=f"{namespace}: {ip}:8080 served by Nacos",
-    )
     statuses = pod["status"].get("initContainerStatuses", []) + pod["status"]["containerStatuses"]
     sidecar_id = next(s["containerID"] for s in statuses if s["name"] == "prestop")
     process = container_process(stage.cluster.layout, sidecar_id)
